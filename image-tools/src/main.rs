@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("image-tools: no commands yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,3 @@
+//! Harness for end-to-end tests in QEMU: builds the test OS, assembles disks, boots them under
+//! OVMF and SeaBIOS with TCG, and drives scenarios over the serial console.
+#![deny(missing_docs)]
