@@ -1,2 +1,10 @@
 //! Publisher and factory tools: keys, /usr images, signed payloads and bootable disk images.
+//!
+//! One module per subcommand family: [`keys`] (keygen), [`pack`] (pack, verify, inspect),
+//! [`mkusr`] (build a /usr filesystem image), [`disk`] (assemble a bootable GPT disk image).
 #![deny(missing_docs)]
+
+pub mod disk;
+pub mod keys;
+pub mod mkusr;
+pub mod pack;

@@ -1,4 +1,46 @@
-fn main() {
-    eprintln!("image-tools: no commands yet");
-    std::process::exit(2);
+//! `image-tools`: the publisher and factory binary. Parsing only; the work is in the library.
+use clap::{Parser, Subcommand};
+use image_tools::{disk, keys, mkusr, pack};
+use std::process::ExitCode;
+
+/// Publisher and factory tools for A/B /usr updates.
+///
+/// Exit status: 0 on success, 1 when the operation failed (the message says why),
+/// 2 on a usage error.
+#[derive(Parser)]
+#[command(name = "image-tools", version, help_expected = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Keygen(keys::KeygenCmd),
+    Pack(pack::PackCmd),
+    Verify(pack::VerifyCmd),
+    Inspect(pack::InspectCmd),
+    Mkusr(mkusr::MkusrCmd),
+    Disk(disk::DiskCmd),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen(c) => c.run(),
+        Command::Pack(c) => c.run(),
+        Command::Verify(c) => c.run(),
+        Command::Inspect(c) => c.run(),
+        Command::Mkusr(c) => c.run(),
+        Command::Disk(c) => c.run(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-tools: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,1 +1,4 @@
-//! Integration tests (one binary per crate).
+//! Integration tests of `image-tools` (one binary; one module per subcommand family).
+mod disk;
+mod mkusr;
+mod pack;

@@ -1,1 +1,3 @@
-//! Integration tests (one binary per crate).
+//! End-to-end tests in QEMU (one binary; one module per area).
+mod boot;
+mod grub_vectors;

@@ -1,0 +1,1 @@
+//! Locating (and building, through `grub-patches/build.sh`) GRUB with the gptprio module.

@@ -1,0 +1,1 @@
+//! Boot scenarios under OVMF and SeaBIOS.

@@ -1,0 +1,1 @@
+//! The GRUB gptprio module run against every bootctl select test vector.
