@@ -1,6 +1,13 @@
 //! The device-side A/B /usr updater.
 //!
-//! This crate will hold the payload reader, the streaming install pipeline, boot-time health
+//! This crate holds the payload reader, the streaming install pipeline, boot-time health
 //! checks with commit and rollback, device state and configuration. Slot state on disk is read
 //! and written through the [`bootctl`] crate.
+//!
+//! Brief overview: [`payload`] (the signed chunked format; its writer only with the `writer`
+//! feature), [`version`] (UAPI version ordering), [`osrelease`] (os-release parsing).
 #![deny(missing_docs)]
+
+pub mod osrelease;
+pub mod payload;
+pub mod version;

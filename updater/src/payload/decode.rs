@@ -1,0 +1,211 @@
+//! Decoding one chunk: check its zstd frame header, decompress into a fixed buffer, verify.
+//!
+//! The frame header is inspected before the decompressor sees the frame, so a frame that asks
+//! for a window beyond [`MAX_WINDOW_LOG`](super::MAX_WINDOW_LOG), a dictionary, or a content
+//! size other than its chunk's length is refused without allocating. Decompression then writes
+//! into a buffer sized to the chunk (never grown), with the decoder's window limit set as a
+//! second line of defence.
+
+use super::{ChunkEntry, PayloadError, Sha256Digest, MAX_WINDOW_LOG};
+
+const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+
+/// What a zstd frame header declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// The window size the decoder needs, in bytes.
+    pub window: u64,
+    /// The decompressed size, if declared.
+    pub content_size: Option<u64>,
+    /// Whether a dictionary id is present.
+    pub has_dictionary: bool,
+}
+
+/// Parses the header of the zstd frame at the start of `frame` (RFC 8878 §3.1.1.1).
+pub fn inspect_frame_header(frame: &[u8]) -> Result<FrameInfo, String> {
+    if frame.len() < 6 {
+        return Err(format!(
+            "{} bytes, too short for a frame header",
+            frame.len()
+        ));
+    }
+    let magic = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
+    if magic != ZSTD_MAGIC {
+        return Err(format!("magic {magic:08x}, expected {ZSTD_MAGIC:08x}"));
+    }
+    let fhd = frame[4];
+    if fhd & 0x08 != 0 {
+        return Err("reserved bit set in frame header descriptor".into());
+    }
+    let single_segment = fhd & 0x20 != 0;
+    let dict_len = [0usize, 1, 2, 4][usize::from(fhd & 3)];
+    let fcs_len = match fhd >> 6 {
+        0 if single_segment => 1,
+        0 => 0,
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let mut at = 5;
+    let window_descriptor = if single_segment {
+        None
+    } else {
+        at += 1;
+        Some(frame[5])
+    };
+    at += dict_len;
+    if frame.len() < at + fcs_len {
+        return Err("frame header runs past the frame".into());
+    }
+    let content_size = (fcs_len > 0).then(|| {
+        let mut v = [0u8; 8];
+        v[..fcs_len].copy_from_slice(&frame[at..at + fcs_len]);
+        let v = u64::from_le_bytes(v);
+        if fcs_len == 2 {
+            v + 256
+        } else {
+            v
+        }
+    });
+    let window = match window_descriptor {
+        Some(wd) => {
+            let log = 10 + u64::from(wd >> 3);
+            if log > 63 {
+                u64::MAX
+            } else {
+                let base = 1u64 << log;
+                base + (base / 8) * u64::from(wd & 7)
+            }
+        }
+        None => content_size.unwrap_or(0),
+    };
+    Ok(FrameInfo {
+        window,
+        content_size,
+        has_dictionary: dict_len > 0 && frame[at - dict_len..at].iter().any(|&b| b != 0),
+    })
+}
+
+/// Decompresses and verifies chunks, one at a time, reusing one zstd context.
+pub struct ChunkDecoder {
+    dctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl ChunkDecoder {
+    /// A decoder whose window is capped at 2^[`MAX_WINDOW_LOG`] bytes.
+    pub fn new() -> std::io::Result<ChunkDecoder> {
+        let mut dctx = zstd::bulk::Decompressor::new()?;
+        dctx.window_log_max(MAX_WINDOW_LOG)?;
+        Ok(ChunkDecoder { dctx })
+    }
+
+    /// Decodes the frame of chunk `index` into `out` and checks its length and SHA-256 against
+    /// `entry`. `out` holds exactly the chunk's bytes on success.
+    pub fn decode(
+        &mut self,
+        index: u32,
+        entry: &ChunkEntry,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PayloadError> {
+        let bad_frame = |reason: String| PayloadError::BadFrame {
+            index,
+            offset: entry.payload_offset,
+            reason,
+        };
+        let info = inspect_frame_header(frame).map_err(bad_frame)?;
+        let max = 1u64 << MAX_WINDOW_LOG;
+        if info.window > max {
+            return Err(PayloadError::FrameWindowTooLarge {
+                index,
+                offset: entry.payload_offset,
+                window: info.window,
+                max,
+            });
+        }
+        if info.has_dictionary {
+            return Err(bad_frame("frame needs a dictionary".into()));
+        }
+        let expected = u64::from(entry.image_len);
+        match info.content_size {
+            None => return Err(bad_frame("frame does not declare its content size".into())),
+            Some(found) if found != expected => {
+                return Err(PayloadError::ChunkLengthMismatch {
+                    index,
+                    offset: entry.image_offset,
+                    expected,
+                    found,
+                })
+            }
+            Some(_) => {}
+        }
+        match zstd::zstd_safe::find_frame_compressed_size(frame) {
+            Ok(n) if n == frame.len() => {}
+            Ok(n) => {
+                return Err(bad_frame(format!(
+                    "frame is {n} bytes, the chunk table says {}",
+                    frame.len()
+                )))
+            }
+            Err(code) => return Err(bad_frame(zstd::zstd_safe::get_error_name(code).into())),
+        }
+        out.clear();
+        out.reserve_exact(entry.image_len as usize);
+        let n = self
+            .dctx
+            .decompress_to_buffer(frame, out)
+            .map_err(|e| bad_frame(e.to_string()))?;
+        if n as u64 != expected {
+            return Err(PayloadError::ChunkLengthMismatch {
+                index,
+                offset: entry.image_offset,
+                expected,
+                found: n as u64,
+            });
+        }
+        let found = Sha256Digest::of(out);
+        if found != entry.sha256 {
+            return Err(PayloadError::ChunkHashMismatch {
+                index,
+                offset: entry.image_offset,
+                expected: entry.sha256,
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_window_and_content_size_of_a_real_frame() {
+        let data = vec![7u8; 100_000];
+        let frame = zstd::bulk::compress(&data, 3).unwrap();
+        let info = inspect_frame_header(&frame).unwrap();
+        assert_eq!(info.content_size, Some(100_000));
+        assert!(info.window >= 100_000 && info.window <= 1 << 17, "{info:?}");
+        assert!(!info.has_dictionary);
+    }
+
+    #[test]
+    fn reads_a_huge_window_descriptor() {
+        // magic, FHD with no single-segment and no content size, window descriptor 2^41.
+        let mut frame = ZSTD_MAGIC.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0x00, (31 << 3), 0, 0, 0]);
+        let info = inspect_frame_header(&frame).unwrap();
+        assert_eq!(info.window, 1 << 41);
+        assert_eq!(info.content_size, None);
+    }
+
+    #[test]
+    fn rejects_a_skippable_frame_magic() {
+        let frame = [0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+        assert_eq!(
+            inspect_frame_header(&frame).unwrap_err(),
+            "magic 184d2a50, expected fd2fb528"
+        );
+    }
+}
