@@ -439,7 +439,7 @@ fn read_copy<S: Storage + ?Sized>(
             "alternate header LBA {alternate_lba} on a disk of {disk_sectors} sectors"
         ));
     }
-    let entries_end = entries_lba.checked_add(array_sectors).unwrap_or(u64::MAX); // exclusive
+    let entries_end = entries_lba.saturating_add(array_sectors); // exclusive
     let entries_ok = match copy {
         Copy::Primary => entries_lba >= 2 && entries_end <= first_usable,
         Copy::Backup => entries_lba > last_usable && entries_end <= my_lba,
