@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Builds GRUB 2.06 from Debian's source package with our gptprio module (grub-patches/gptprio,
+# added out of tree through GRUB's GRUB_CONTRIB hook) for x86_64-efi, i386-pc and emu, and
+# assembles the boot artifacts. The result is cached by the SHA-256 of every input (module
+# source, this script, grub.cfg, the Debian source version), so a second run costs seconds.
+#
+# Usage: grub-patches/build.sh [CACHE_ROOT]
+#   CACHE_ROOT defaults to $AB_GRUB_CACHE, else /var/cache/ab-updater/grub.
+# Output: progress on stderr; the artifact directory as the last line of stdout:
+#   x86_64-efi/BOOTX64.EFI   standalone EFI image, every module the boot needs built in
+#   i386-pc/boot.img         MBR boot code (patch the core.img LBA in before use)
+#   i386-pc/core.img         diskboot + kernel + modules, prefix (,gpt1)/EFI/BOOT
+#   emu/grub-emu             host-side GRUB with every module linked in (for tests)
+#   grub.cfg                 the boot menu (ESP: EFI/BOOT/grub.cfg)
+#   modules.txt, VERSION     what went into the images, and from which source
+# Needs root on a cache miss (apt-get source / build-dep); a cache hit needs nothing.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${1:-${AB_GRUB_CACHE:-/var/cache/ab-updater/grub}}
+jobs=${AB_GRUB_JOBS:-2}
+
+# Modules built into the images. gptprio pulls in disk (for grub_disk_write) and extcmd.
+common_modules="gptprio part_gpt fat ext2 squash4 normal linux echo test serial terminal
+  configfile regexp probe halt reboot sleep cat ls search search_fs_uuid"
+efi_modules="$common_modules efi_gop efi_uga"
+pc_modules="$common_modules biosdisk part_msdos"
+
+log() { echo "grub-patches/build.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt-get source needs a deb-src entry; add one for bookworm main when none is configured.
+ensure_deb_src() {
+  if apt-cache showsrc --only-source grub2 2>/dev/null | grep -q '^Version:'; then
+    return
+  fi
+  log "adding a deb-src entry for bookworm main"
+  as_root tee /etc/apt/sources.list.d/ab-updater-deb-src.sources >/dev/null <<'EOF'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  as_root apt-get update -qq
+  apt-cache showsrc --only-source grub2 | grep -q '^Version:' ||
+    die "no grub2 source package visible to apt after adding deb-src"
+}
+
+source_version() {
+  apt-cache showsrc --only-source grub2 | awk '/^Version:/ {print $2}' | sort -V | tail -n1
+}
+
+input_hash() {
+  local version=$1
+  {
+    echo "debian-source grub2 $version"
+    (cd "$here" && find gptprio build.sh grub.cfg -type f | LC_ALL=C sort | xargs sha256sum)
+  } | sha256sum | cut -d' ' -f1
+}
+
+build_platform() {
+  local src=$1 dir=$2
+  shift 2
+  log "configuring $dir ($*)"
+  mkdir -p "$src/build-$dir"
+  (cd "$src/build-$dir" && ../configure --disable-werror --disable-nls --disable-grub-mkfont \
+    --disable-grub-themes --disable-grub-mount --disable-device-mapper --disable-libzfs \
+    "$@") >"$src/build-$dir.log" 2>&1 || { tail -n 30 "$src/build-$dir.log" >&2; die "configuring $dir"; }
+  log "building $dir with make -j$jobs"
+  make -C "$src/build-$dir" -j"$jobs" >>"$src/build-$dir.log" 2>&1 ||
+    { tail -n 30 "$src/build-$dir.log" >&2; die "building $dir"; }
+}
+
+build() {
+  local version=$1 out=$2 work=$3
+  log "installing build dependencies of grub2"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq grub2 >/dev/null
+  command -v autoreconf >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq autoconf automake autopoint >/dev/null
+
+  log "fetching Debian source grub2=$version"
+  (cd "$work" && apt-get source -qq "grub2=$version") >"$work/source.log" 2>&1 ||
+    { tail -n 20 "$work/source.log" >&2; die "fetching grub2=$version with apt-get source"; }
+  local src
+  src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'grub2-*' | head -n1)
+  [ -n "$src" ] || die "apt-get source produced no grub2-* directory"
+
+  # Our module goes in through the contrib hook: autogen.sh links $GRUB_CONTRIB to
+  # contrib/ and adds every contrib/*/Makefile.core.def to the build.
+  mkdir -p "$work/contrib"
+  cp -r "$here/gptprio" "$work/contrib/"
+  log "running autogen.sh with GRUB_CONTRIB"
+  (cd "$src" && GRUB_CONTRIB="$work/contrib" PYTHON=python3 ./autogen.sh) >"$work/autogen.log" 2>&1 ||
+    { tail -n 30 "$work/autogen.log" >&2; die "running autogen.sh"; }
+
+  build_platform "$src" efi --with-platform=efi --target=x86_64
+  build_platform "$src" pc --with-platform=pc --target=i386
+  build_platform "$src" emu --with-platform=emu --disable-grub-emu-sdl --disable-grub-emu-pci \
+    --disable-grub-emu-usb
+
+  mkdir -p "$out/x86_64-efi" "$out/i386-pc" "$out/emu"
+  local mkimage_efi="$src/build-efi/grub-mkimage" mkimage_pc="$src/build-pc/grub-mkimage"
+  [ -f "$src/build-efi/grub-core/gptprio.mod" ] || die "gptprio.mod missing from the efi build"
+  # shellcheck disable=SC2086
+  "$mkimage_efi" -d "$src/build-efi/grub-core" -O x86_64-efi -p /EFI/BOOT \
+    -o "$out/x86_64-efi/BOOTX64.EFI" $efi_modules || die "making BOOTX64.EFI"
+  # shellcheck disable=SC2086
+  "$mkimage_pc" -d "$src/build-pc/grub-core" -O i386-pc -p '(,gpt1)/EFI/BOOT' \
+    -o "$out/i386-pc/core.img" $pc_modules || die "making core.img"
+  cp "$src/build-pc/grub-core/boot.img" "$out/i386-pc/boot.img"
+  cp "$src/build-emu/grub-core/grub-emu" "$out/emu/grub-emu"
+  cp "$here/grub.cfg" "$out/grub.cfg"
+  {
+    echo "efi: $efi_modules"
+    echo "pc: $pc_modules"
+  } | tr -s ' \n' ' ' >"$out/modules.txt"
+  echo "grub2 $version (Debian source) + gptprio" >"$out/VERSION"
+}
+
+main() {
+  mkdir -p "$cache_root"
+  exec 9>"$cache_root/.lock"
+  flock 9
+
+  ensure_deb_src
+  local version hash out
+  version=$(source_version)
+  hash=$(input_hash "$version")
+  out="$cache_root/$hash"
+  if [ -f "$out/.complete" ]; then
+    log "cache hit ($out)"
+    echo "$out"
+    return
+  fi
+
+  log "cache miss: building GRUB $version with gptprio into $out"
+  local start work tmp
+  start=$(date +%s)
+  work="$cache_root/work-$hash"
+  tmp="$cache_root/tmp-$hash"
+  rm -rf "$work" "$tmp"
+  mkdir -p "$work" "$tmp"
+  build "$version" "$tmp" "$work"
+  touch "$tmp/.complete"
+  rm -rf "$out"
+  mv "$tmp" "$out"
+  rm -rf "$work"
+  log "built in $(($(date +%s) - start)) s"
+  echo "$out"
+}
+
+main "$@"
