@@ -1,3 +1,5 @@
 //! End-to-end tests in QEMU (one binary; one module per area).
 mod boot;
 mod grub_vectors;
+mod testos;
+mod util;

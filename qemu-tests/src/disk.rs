@@ -1,0 +1,159 @@
+//! Disk images for the scenarios: assembling them, writing a /usr image into a slot, and
+//! reading or setting slot attributes through `bootctl`.
+//!
+//! [`assemble`] runs `image-tools disk` (its library, through the same argument parser as the
+//! binary). [`dev_disk`] lays out a minimal GPT with `sgdisk` and `mkfs.ext4 -E offset=` for
+//! booting the test OS straight from QEMU's `-kernel`, which exercises the initramfs without
+//! GRUB. Slot helpers go through `bootctl`'s library so the harness reads and writes attributes
+//! exactly as the device does.
+//!
+//! ```no_run
+//! use bootctl::{SlotAttrs, SlotId};
+//! use qemu_tests::disk;
+//! disk::write_usr(&"disk.img".as_ref(), &SlotId::B, &"usr-v2.img".as_ref())?;
+//! disk::set_attrs(&"disk.img".as_ref(), &SlotId::B, SlotAttrs { priority: 2, tries: 1, successful: false })?;
+//! # Ok::<(), qemu_tests::Error>(())
+//! ```
+use crate::error::{Error, IoContext, Result};
+use bootctl::{gpt, SlotAttrs, SlotDisk, SlotId};
+use clap::Parser;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+/// The `image-tools disk` arguments, parsed by its own clap definition.
+#[derive(Parser)]
+struct DiskArgs {
+    #[command(flatten)]
+    cmd: image_tools::disk::DiskCmd,
+}
+
+/// Runs `image-tools disk ARGS…` in-process (e.g. `["--usr", "usr.img", "-o", "disk.img"]`).
+pub fn assemble(args: &[&str]) -> Result<()> {
+    let parsed = DiskArgs::try_parse_from(std::iter::once("disk").chain(args.iter().copied()))
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "image-tools disk {}: {}",
+                args.join(" "),
+                e.to_string().trim()
+            ))
+        })?;
+    parsed
+        .cmd
+        .run()
+        .map_err(|e| Error::Invalid(format!("image-tools disk {}: {e:#}", args.join(" "))))
+}
+
+fn bootctl_err(action: &str, path: &Path) -> impl FnOnce(bootctl::Error) -> Error {
+    let action = action.to_string();
+    let path = path.to_owned();
+    move |source| Error::Bootctl {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Opens the disk image's GPT (sector size detected).
+pub fn open(disk: &Path, writable: bool) -> Result<SlotDisk> {
+    SlotDisk::open(disk, writable, None).map_err(bootctl_err("reading the GPT of", disk))
+}
+
+/// The slot `id` as bootctl reads it.
+pub fn slot(disk: &Path, id: &SlotId) -> Result<bootctl::Slot> {
+    open(disk, false)?
+        .slot(id)
+        .map_err(bootctl_err(&format!("finding slot {id} on"), disk))
+}
+
+/// Writes the /usr image `usr` at the start of slot `id`'s partition.
+pub fn write_usr(disk: &Path, id: &SlotId, usr: &Path) -> Result<()> {
+    let s = slot(disk, id)?;
+    let image = fs::read(usr).ctx("reading", usr)?;
+    if image.len() as u64 > s.byte_len() {
+        return Err(Error::Invalid(format!(
+            "{} ({} bytes) does not fit slot {id} ({} bytes) of {}",
+            usr.display(),
+            image.len(),
+            s.byte_len(),
+            disk.display()
+        )));
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .ctx("opening", disk)?;
+    f.write_all_at(&image, s.byte_offset()).ctx(
+        &format!("writing slot {id} at offset {} of", s.byte_offset()),
+        disk,
+    )?;
+    f.sync_all().ctx("syncing", disk)
+}
+
+/// Sets slot `id`'s priority, tries and successful bits, other bits kept, both GPT copies
+/// written backup first.
+pub fn set_attrs(disk: &Path, id: &SlotId, attrs: SlotAttrs) -> Result<()> {
+    let d = open(disk, true)?;
+    let s = d
+        .slot(id)
+        .map_err(bootctl_err(&format!("finding slot {id} on"), disk))?;
+    let mut table = d.gpt().clone();
+    table.set_attributes(s.number, attrs.apply(s.attributes));
+    let mut storage = d.into_storage();
+    gpt::write(&mut storage, &table).map_err(bootctl_err("writing the GPT of", disk))
+}
+
+/// Lays out a 512-byte-sector disk without a bootloader for `-kernel` boots: USR-A (holding
+/// `usr`) and USR-B of `usr_mib`, and an empty ext4 ROOT of 64 MiB. Returns USR-A's PARTUUID.
+pub fn dev_disk(out: &Path, usr: &Path, usr_mib: u64) -> Result<String> {
+    let root_mib = 64;
+    let total_mib = 1 + 2 * usr_mib + root_mib + 1;
+    let f = fs::File::create(out).ctx("creating", out)?;
+    f.set_len(total_mib << 20).ctx("sizing", out)?;
+    drop(f);
+    let usr_type = "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6";
+    let root_start = 2048 + 2 * usr_mib * 2048;
+    let mut sgdisk = Command::new("sgdisk");
+    sgdisk
+        .arg("-o")
+        .arg(format!("-n3:2048:+{usr_mib}M"))
+        .arg(format!("-t3:{usr_type}"))
+        .arg("-c3:USR-A")
+        .arg(format!("-n4:0:+{usr_mib}M"))
+        .arg(format!("-t4:{usr_type}"))
+        .arg("-c4:USR-B")
+        .arg(format!("-n9:{root_start}:+{root_mib}M"))
+        .arg("-c9:ROOT")
+        .arg(out);
+    run(&mut sgdisk)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "ROOT", "-E"])
+        .arg(format!("offset={}", root_start * 512))
+        .arg(out)
+        .arg(format!("{}M", root_mib)))?;
+    write_usr(out, &SlotId::A, usr)?;
+    Ok(slot(out, &SlotId::A)?
+        .partuuid
+        .to_string()
+        .to_ascii_lowercase())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| Error::Command {
+        command: shown.clone(),
+        detail: format!("starting it: {e}"),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: shown,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
