@@ -1,1 +1,4 @@
-//! Integration tests (one binary per crate).
+//! Integration tests of `updater` (one binary; one module per area).
+mod install;
+mod payload;
+mod util;

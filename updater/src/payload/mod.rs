@@ -276,6 +276,14 @@ pub enum PayloadError {
         /// Hash of the decompressed bytes.
         found: Sha256Digest,
     },
+    /// The whole image does not hash to the manifest's image SHA-256.
+    #[error("image SHA-256 mismatch: manifest says {expected}, image hashes to {found}")]
+    ImageHashMismatch {
+        /// Hash from the manifest.
+        expected: Sha256Digest,
+        /// Hash of the image bytes.
+        found: Sha256Digest,
+    },
     /// Bytes follow the last frame.
     #[error("trailing data after the last frame at payload offset {offset}")]
     TrailingData {
@@ -929,4 +937,72 @@ pub fn expect_end(r: &mut dyn std::io::Read, offset: u64) -> Result<(), ReadErro
             Err(e) => return Err(ReadError::Io(e)),
         }
     }
+}
+
+/// Reads a whole payload from the start: the prelude as [`read_prelude`] does, then every frame
+/// in order, decoded and checked against its chunk, the whole image against the manifest's
+/// SHA-256, and the end of the stream. Memory: one chunk and one frame.
+pub fn verify_stream(
+    r: &mut dyn std::io::Read,
+    keys: &TrustedKeys,
+) -> Result<VerifiedPrelude, ReadError> {
+    let prelude = read_prelude(r, keys)?;
+    let mut decoder = ChunkDecoder::new().map_err(ReadError::Io)?;
+    let mut frame = Vec::new();
+    let mut out = Vec::new();
+    let mut image = Sha256::new();
+    for (i, entry) in prelude.chunks.entries.iter().enumerate() {
+        read_frame(r, i as u32, entry, &mut frame)?;
+        decoder.decode(i as u32, entry, &frame, &mut out)?;
+        image.update(&out);
+    }
+    expect_end(r, prelude.chunks.payload_end())?;
+    let found = Sha256Digest(image.finalize().into());
+    if found != prelude.manifest.image_sha256 {
+        return Err(ReadError::Payload(PayloadError::ImageHashMismatch {
+            expected: prelude.manifest.image_sha256,
+            found,
+        }));
+    }
+    Ok(prelude)
+}
+
+/// A payload's prelude as read by [`inspect`]: parsed and bounds-checked, signatures not checked.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The header.
+    pub header: Header,
+    /// The manifest (unverified).
+    pub manifest: Manifest,
+    /// The signature records (unverified).
+    pub signatures: SignatureBlock,
+    /// The chunk table, checked against the (unverified) manifest.
+    pub chunks: ChunkTable,
+}
+
+/// Parses the prelude without checking signatures, for display.
+pub fn inspect(r: &mut dyn std::io::Read) -> Result<Inspection, ReadError> {
+    let mut hb = [0u8; HEADER_LEN];
+    read_region(r, &mut hb, "header", 0)?;
+    let header = Header::parse(&hb)?;
+    let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
+    read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
+    let mut sig_bytes = vec![0u8; header.signatures_len as usize];
+    read_region(
+        r,
+        &mut sig_bytes,
+        "signature block",
+        header.signatures_offset(),
+    )?;
+    let manifest = Manifest::parse(&manifest_bytes)?;
+    let signatures = SignatureBlock::parse(&sig_bytes)?;
+    let mut table = vec![0u8; manifest.chunk_table_len() as usize];
+    read_region(r, &mut table, "chunk table", header.chunk_table_offset())?;
+    let chunks = ChunkTable::parse(&table, &manifest, &header)?;
+    Ok(Inspection {
+        header,
+        manifest,
+        signatures,
+        chunks,
+    })
 }

@@ -1,0 +1,1 @@
+//! `updater install` (filled in by the install work).
