@@ -269,6 +269,25 @@ impl<S: Storage> SlotDisk<S> {
         if !(1..=u32::from(MAX_FIELD)).contains(&tries) {
             return Err(Error::TriesOutOfRange { tries });
         }
+        let tries = tries as u8;
+        self.reprioritize(id, |a| SlotAttrs {
+            tries,
+            successful: false,
+            ..a
+        })
+    }
+
+    /// Makes `id` the top priority (others re-ranked cgpt-style), keeping its tries and
+    /// successful bits: how a committed fallback becomes the next boot again.
+    pub fn prioritize(&mut self, id: &SlotId) -> Result<bool> {
+        self.reprioritize(id, |attrs| attrs)
+    }
+
+    fn reprioritize(
+        &mut self,
+        id: &SlotId,
+        target_attrs: impl Fn(SlotAttrs) -> SlotAttrs,
+    ) -> Result<bool> {
         let target = self.slot(id)?;
         let slots = self.usr_slots()?;
         let t = slots
@@ -284,18 +303,11 @@ impl<S: Storage> SlotDisk<S> {
             .zip(priorities)
             .map(|(s, priority)| {
                 let attrs = if s.number == target.number {
-                    SlotAttrs {
-                        priority,
-                        tries: tries as u8,
-                        successful: false,
-                    }
+                    target_attrs(s.attrs)
                 } else {
-                    SlotAttrs {
-                        priority,
-                        ..s.attrs
-                    }
+                    s.attrs
                 };
-                (s.number, attrs)
+                (s.number, SlotAttrs { priority, ..attrs })
             })
             .collect();
         self.update(&changes)
@@ -370,5 +382,41 @@ impl<S: Storage> SlotDisk<S> {
             problems,
             wrote: true,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout;
+
+    #[test]
+    fn prioritize_makes_a_committed_fallback_next_and_keeps_its_bits() {
+        let mut d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
+        d.set_next(&SlotId::B, 1).unwrap();
+        d.select(true).unwrap();
+        d.mark_good(&SlotId::B).unwrap();
+        assert!(d.prioritize(&SlotId::A).unwrap());
+        let a = d.slot(&SlotId::A).unwrap().attrs;
+        assert_eq!(
+            a,
+            SlotAttrs {
+                priority: 3,
+                tries: 0,
+                successful: true
+            }
+        );
+        assert_eq!(d.select(false).unwrap().unwrap().slot.label, "USR-A");
+        assert!(
+            !d.prioritize(&SlotId::A).unwrap(),
+            "already next: nothing written"
+        );
+    }
+
+    #[test]
+    fn other_pairs_a_with_b() {
+        let d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
+        assert_eq!(d.other(&SlotId::A).unwrap().label, "USR-B");
+        assert_eq!(d.other(&SlotId::Number(4)).unwrap().label, "USR-A");
     }
 }
