@@ -5,9 +5,15 @@
 //! and written through the [`bootctl`] crate.
 //!
 //! Brief overview: [`payload`] (the signed chunked format; its writer only with the `writer`
-//! feature), [`version`] (UAPI version ordering), [`osrelease`] (os-release parsing).
+//! feature), [`version`] (UAPI version ordering), [`osrelease`] (os-release parsing),
+//! [`source`] (files and HTTP with resume), [`install`] (the install pipeline), [`state`]
+//! (atomic state files).
 #![deny(missing_docs)]
 
+pub mod cli;
+pub mod install;
 pub mod osrelease;
 pub mod payload;
+pub mod source;
+pub mod state;
 pub mod version;

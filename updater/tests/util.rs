@@ -5,7 +5,7 @@ use bootctl::layout::{self, LayoutSizes};
 use bootctl::storage::FileDisk;
 use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
-use updater::payload::writer::{encode_public_key, PackOptions, PayloadParts};
+pub use updater::payload::writer::{encode_public_key, PackOptions, PayloadParts};
 
 /// The test vector's directory.
 pub fn testdata() -> PathBuf {
@@ -99,6 +99,22 @@ impl Device {
             &encode_public_key(&test_key().verifying_key()),
         );
         d
+    }
+
+    /// Writes `bytes` as a payload file and returns its path.
+    pub fn payload(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// The device as the library sees it.
+    pub fn spec(&self) -> updater::install::DeviceSpec {
+        updater::install::DeviceSpec {
+            disk: self.disk(),
+            booted: bootctl::SlotId::A,
+            root: self.root(),
+        }
     }
 
     pub fn disk(&self) -> PathBuf {

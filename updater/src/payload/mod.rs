@@ -31,7 +31,7 @@ mod keys;
 pub mod writer;
 
 pub use decode::{inspect_frame_header, ChunkDecoder, FrameInfo};
-pub use keys::{KeyId, TrustedKeys};
+pub use keys::{KeyError, KeyId, TrustedKeys};
 
 use sha2::{Digest, Sha256};
 use std::fmt;

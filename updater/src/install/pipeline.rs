@@ -1,0 +1,244 @@
+//! The parallel chunk pipeline: read frames in order, decode and verify them on every core,
+//! hand verified chunks to the writer in order.
+//!
+//! ```text
+//! reader thread ──frames──► N decoder threads ──verified chunks──► caller's sink (in order)
+//!       ▲                                                              │
+//!       └─────────────────────── buffer pool (bounded) ◄───────────────┘
+//! ```
+//!
+//! Memory is bounded by the pool: [`buffer_pairs`] pairs of (frame, chunk) buffers, each at
+//! most one frame bound and one chunk, within [`BUFFER_BUDGET`] whatever the image size. A chunk
+//! reaches the sink only after its SHA-256 matched; the first failure in chunk order stops
+//! everything, and every chunk before it has been handed to the sink.
+
+use crate::payload::{self, ChunkDecoder, ChunkEntry, PayloadError, ReadError};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+/// Budget for frame and chunk buffers in flight, in bytes.
+pub const BUFFER_BUDGET: usize = 16 << 20;
+
+/// How many (frame, chunk) buffer pairs the pipeline keeps for `threads` decoders.
+pub fn buffer_pairs(chunk_size: u32, threads: usize) -> usize {
+    let pair = chunk_size as usize + payload::max_frame_len(chunk_size) as usize;
+    (BUFFER_BUDGET / pair).clamp(2, threads * 2 + 2)
+}
+
+/// Receives each verified chunk in order: its index, table entry and bytes.
+pub type ChunkSink<'a, E> = dyn FnMut(u32, &ChunkEntry, &[u8]) -> Result<(), E> + 'a;
+
+/// Why the pipeline stopped.
+#[derive(Debug)]
+pub enum PipelineError<E> {
+    /// The payload is bad at this chunk (or, for index = count, after the last one).
+    Payload(PayloadError),
+    /// Reading the source failed at this payload offset.
+    Read {
+        /// Payload offset reached.
+        offset: u64,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The sink failed.
+    Sink(E),
+}
+
+struct Job {
+    index: u32,
+    frame: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+enum Msg {
+    Chunk(Job),
+    Failed(u32, PipelineErrorNoSink),
+    End,
+}
+
+enum PipelineErrorNoSink {
+    Payload(PayloadError),
+    Read { offset: u64, source: std::io::Error },
+}
+
+fn from_read(e: ReadError, offset: u64) -> PipelineErrorNoSink {
+    match e {
+        ReadError::Payload(p) => PipelineErrorNoSink::Payload(p),
+        ReadError::Io(source) => PipelineErrorNoSink::Read { offset, source },
+    }
+}
+
+/// Streams chunks `start..` of `entries` from `reader` (positioned at chunk `start`'s frame),
+/// checks the stream ends after the last frame, and calls `sink(index, entry, bytes)` for each
+/// verified chunk in order.
+pub fn run<E: Send>(
+    reader: &mut (dyn Read + Send),
+    entries: &[ChunkEntry],
+    start: u32,
+    chunk_size: u32,
+    threads: usize,
+    sink: &mut ChunkSink<'_, E>,
+) -> Result<(), PipelineError<E>> {
+    let threads = threads.max(1);
+    let pairs = buffer_pairs(chunk_size, threads);
+    let count = entries.len() as u32;
+    let end_offset = entries
+        .last()
+        .map_or(0, |e| e.payload_offset + u64::from(e.frame_len));
+    let (pool_tx, pool_rx) = sync_channel::<(Vec<u8>, Vec<u8>)>(pairs);
+    for _ in 0..pairs {
+        pool_tx
+            .send((Vec::new(), Vec::new()))
+            .expect("pool has room");
+    }
+    let (job_tx, job_rx) = sync_channel::<Job>(pairs);
+    let (msg_tx, msg_rx) = sync_channel::<Msg>(pairs + 1);
+    let job_rx = Mutex::new(job_rx);
+    let decoders = (0..threads)
+        .map(|_| ChunkDecoder::new())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|source| PipelineError::Read { offset: 0, source })?;
+
+    std::thread::scope(|s| {
+        // Reader: frames in payload order, each into a pooled buffer.
+        let reader_msgs = msg_tx.clone();
+        s.spawn(move || {
+            read_frames(
+                reader,
+                entries,
+                start,
+                end_offset,
+                pool_rx,
+                job_tx,
+                reader_msgs,
+            )
+        });
+        // Decoders: decompress with a capped window and verify the SHA-256.
+        for decoder in decoders {
+            let msgs = msg_tx.clone();
+            let jobs = &job_rx;
+            s.spawn(move || decode_chunks(decoder, jobs, entries, msgs));
+        }
+        drop(msg_tx);
+        // Writer (this thread): in chunk order, then the end-of-stream verdict.
+        write_in_order(msg_rx, pool_tx, entries, start, count, sink)
+    })
+}
+
+fn read_frames(
+    reader: &mut (dyn Read + Send),
+    entries: &[ChunkEntry],
+    start: u32,
+    end_offset: u64,
+    pool: Receiver<(Vec<u8>, Vec<u8>)>,
+    jobs: SyncSender<Job>,
+    msgs: SyncSender<Msg>,
+) {
+    for (i, entry) in entries.iter().enumerate().skip(start as usize) {
+        let index = i as u32;
+        let Ok((mut frame, chunk)) = pool.recv() else {
+            return;
+        };
+        if let Err(e) = payload::read_frame(reader, index, entry, &mut frame) {
+            let _ = msgs.send(Msg::Failed(index, from_read(e, entry.payload_offset)));
+            return;
+        }
+        if jobs
+            .send(Job {
+                index,
+                frame,
+                chunk,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+    let verdict = match payload::expect_end(reader, end_offset) {
+        Ok(()) => Msg::End,
+        Err(e) => Msg::Failed(entries.len() as u32, from_read(e, end_offset)),
+    };
+    let _ = msgs.send(verdict);
+}
+
+fn decode_chunks(
+    mut decoder: ChunkDecoder,
+    jobs: &Mutex<Receiver<Job>>,
+    entries: &[ChunkEntry],
+    msgs: SyncSender<Msg>,
+) {
+    loop {
+        let job = jobs.lock().expect("job queue lock").recv();
+        let Ok(mut job) = job else {
+            return;
+        };
+        let entry = &entries[job.index as usize];
+        let msg = match decoder.decode(job.index, entry, &job.frame, &mut job.chunk) {
+            Ok(()) => Msg::Chunk(job),
+            Err(e) => Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)),
+        };
+        if msgs.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_in_order<E>(
+    msgs: Receiver<Msg>,
+    pool: SyncSender<(Vec<u8>, Vec<u8>)>,
+    entries: &[ChunkEntry],
+    start: u32,
+    count: u32,
+    sink: &mut ChunkSink<'_, E>,
+) -> Result<(), PipelineError<E>> {
+    let mut next = start;
+    let mut waiting: BTreeMap<u32, Msg> = BTreeMap::new();
+    loop {
+        let msg = match waiting.remove(&next) {
+            Some(m) => m,
+            None => {
+                let m = msgs.recv().expect("reader reports the end or a failure");
+                let index = match &m {
+                    Msg::Chunk(j) => j.index,
+                    Msg::Failed(i, _) => *i,
+                    Msg::End => count,
+                };
+                if index != next {
+                    waiting.insert(index, m);
+                    continue;
+                }
+                m
+            }
+        };
+        match msg {
+            Msg::Chunk(job) => {
+                sink(job.index, &entries[job.index as usize], &job.chunk)
+                    .map_err(PipelineError::Sink)?;
+                let _ = pool.send((job.frame, job.chunk));
+                next += 1;
+            }
+            Msg::Failed(_, PipelineErrorNoSink::Payload(e)) => {
+                return Err(PipelineError::Payload(e))
+            }
+            Msg::Failed(_, PipelineErrorNoSink::Read { offset, source }) => {
+                return Err(PipelineError::Read { offset, source })
+            }
+            Msg::End => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_between_two_and_budget_buffer_pairs() {
+        assert_eq!(buffer_pairs(1 << 20, 2), 6);
+        assert_eq!(buffer_pairs(8 << 20, 64), 2);
+        assert_eq!(buffer_pairs(4096, 64), 130);
+        assert!(buffer_pairs(1 << 20, 64) * (2 << 20) <= BUFFER_BUDGET + (1 << 20));
+    }
+}
