@@ -866,6 +866,24 @@ fn read_region(
     Ok(())
 }
 
+/// Reads and parses the header. A stream too short for a header but long enough to show it
+/// is not a payload (an HTML error page, say) is reported as [`PayloadError::BadMagic`].
+fn read_header(r: &mut dyn std::io::Read) -> Result<Header, ReadError> {
+    let mut hb = [0u8; HEADER_LEN];
+    match read_region(r, &mut hb, "header", 0) {
+        Err(ReadError::Payload(PayloadError::Truncated { available, .. }))
+            if available >= 8 && hb[..8] != MAGIC =>
+        {
+            Err(PayloadError::BadMagic {
+                found: String::from_utf8_lossy(&hb[..8]).into_owned(),
+            }
+            .into())
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(Header::parse(&hb)?),
+    }
+}
+
 /// Why reading a payload stopped: the payload is bad, or reading it failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -885,9 +903,7 @@ pub fn read_prelude(
     r: &mut dyn std::io::Read,
     keys: &TrustedKeys,
 ) -> Result<VerifiedPrelude, ReadError> {
-    let mut hb = [0u8; HEADER_LEN];
-    read_region(r, &mut hb, "header", 0)?;
-    let header = Header::parse(&hb)?;
+    let header = read_header(r)?;
     let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
     read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
     let mut sig_bytes = vec![0u8; header.signatures_len as usize];
@@ -982,9 +998,7 @@ pub struct Inspection {
 
 /// Parses the prelude without checking signatures, for display.
 pub fn inspect(r: &mut dyn std::io::Read) -> Result<Inspection, ReadError> {
-    let mut hb = [0u8; HEADER_LEN];
-    read_region(r, &mut hb, "header", 0)?;
-    let header = Header::parse(&hb)?;
+    let header = read_header(r)?;
     let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
     read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
     let mut sig_bytes = vec![0u8; header.signatures_len as usize];
