@@ -1,12 +1,12 @@
 //! `updater`: the device binary. Parsing and dispatch only; the work is in the library.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use updater::cli::{install, GlobalArgs};
+use updater::cli::{cycle, install, GlobalArgs};
 
-/// A/B /usr updater: install signed images into the passive slot.
+/// A/B /usr updater: install signed images into the passive slot, then commit or roll back.
 ///
-/// Exit status: 0 on success, 1 when the operation failed (the one-line message says why),
-/// 2 on a usage error.
+/// Exit status: 0 on success, 1 when the operation failed (the one-line message says why) or
+/// `health` rolled the booted slot back, 2 on a usage error.
 #[derive(Parser)]
 #[command(name = "updater", version, help_expected = true)]
 struct Cli {
@@ -19,18 +19,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Install(install::InstallCmd),
+    Health(cycle::HealthCmd),
+    Status(cycle::StatusCmd),
+    Rollback(cycle::RollbackCmd),
+    MarkGood(cycle::MarkGoodCmd),
+    MarkBad(cycle::MarkBadCmd),
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Install(c) => c.run(&cli.global),
+        Command::Install(c) => c.run(&cli.global).map(|()| ExitCode::SUCCESS),
+        Command::Health(c) => c.run(&cli.global),
+        Command::Status(c) => c.run(&cli.global),
+        Command::Rollback(c) => c.run(&cli.global),
+        Command::MarkGood(c) => c.run(&cli.global),
+        Command::MarkBad(c) => c.run(&cli.global),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("updater: {e:#}");
             ExitCode::from(1)

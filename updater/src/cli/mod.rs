@@ -1,9 +1,10 @@
 //! Command-line layer: global options, finding the device, and one module per command family
-//! (`install`). Parsing and printing only; the work is in the library modules.
+//! (`install`, `cycle`). Parsing and printing only; the work is in the library modules.
 //!
 //! Without `--disk`, the disk and the booted slot come from the kernel command line's
 //! `mount.usr=PARTUUID=…` (the partition GRUB booted) through `/dev/disk/by-partuuid` and sysfs.
 
+pub mod cycle;
 pub mod install;
 pub mod progress;
 

@@ -1,0 +1,355 @@
+//! Configuration from TOML drop-ins (DESIGN §7), in three layers: fragments → inputs →
+//! settings.
+//!
+//! Drop-ins are `*.toml` files in `ROOT/usr/lib/updater/config.d` (vendor, in the image) and
+//! `ROOT/etc/updater/config.d` (admin); a file in `/etc` replaces the vendor file of the same
+//! name, and files apply in name order, later keys overriding earlier ones. Each file is a
+//! [`Fragment`] (every key optional); merged they are the inputs, validated they are
+//! [`Settings`].
+//!
+//! A boot never fails on configuration: unknown keys, wrong types and out-of-range values are
+//! [`Settings::warnings`] (shown by `updater status`) and the default is used; `updater
+//! config check` turns every warning into an error. Both slots' updaters read the same `/etc`,
+//! so a released key never changes meaning. Keys and defaults: `updater/dist/config.d/`.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let d = dir.path().join("etc/updater/config.d");
+//! std::fs::create_dir_all(&d).unwrap();
+//! std::fs::write(d.join("50-site.toml"), "[reboot]\nstrategy = \"immediate\"\n[health]\ncolour = 1\n").unwrap();
+//! let s = updater::config::Settings::load(dir.path());
+//! assert_eq!(s.reboot, updater::config::RebootStrategy::Immediate);
+//! assert_eq!(s.warnings.len(), 1); // the unknown key
+//! ```
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Vendor drop-ins, relative to the root.
+pub const VENDOR_DIR: &str = "usr/lib/updater/config.d";
+/// Admin drop-ins, relative to the root.
+pub const ADMIN_DIR: &str = "etc/updater/config.d";
+/// Largest drop-in read (a bigger one is a warning and skipped).
+pub const MAX_DROPIN_BYTES: u64 = 64 * 1024;
+
+/// When the updater may reboot the machine (DESIGN §6 invariant 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RebootStrategy {
+    /// Never reboot; write `/run/reboot-required` and say so.
+    #[default]
+    Off,
+    /// Reboot as soon as a reboot is needed.
+    Immediate,
+}
+
+/// One drop-in: every key optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fragment {
+    /// `[install]`
+    pub install: Option<InstallFragment>,
+    /// `[health]`
+    pub health: Option<HealthFragment>,
+    /// `[reboot]`
+    pub reboot: Option<RebootFragment>,
+}
+
+/// `[install]` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallFragment {
+    /// Boot attempts a new slot gets before GRUB falls back (1–15).
+    pub tries: Option<u8>,
+}
+
+/// `[health]` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFragment {
+    /// Seconds one check may run before it is killed and fails.
+    pub check_timeout_secs: Option<u64>,
+    /// Seconds all checks together may take.
+    pub deadline_secs: Option<u64>,
+}
+
+/// `[reboot]` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootFragment {
+    /// `off` or `immediate`.
+    pub strategy: Option<RebootStrategy>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// Tries for a newly installed slot.
+    pub tries: u8,
+    /// Timeout of one health check.
+    pub check_timeout: Duration,
+    /// Deadline for all health checks.
+    pub deadline: Duration,
+    /// Reboot strategy.
+    pub reboot: RebootStrategy,
+    /// Drop-ins read, in the order applied.
+    pub files: Vec<PathBuf>,
+    /// Problems found (unknown keys, bad values); each names the file and key.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            tries: 1,
+            check_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
+            reboot: RebootStrategy::Off,
+            files: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// The drop-ins under `root`, `/etc` replacing `/usr/lib` by name, in name order.
+pub fn dropins(root: &Path) -> Vec<PathBuf> {
+    let mut by_name: BTreeMap<std::ffi::OsString, PathBuf> = BTreeMap::new();
+    for dir in [VENDOR_DIR, ADMIN_DIR] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                by_name.insert(e.file_name(), p);
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// Parses one drop-in's text; unknown keys and bad values become warnings, and the keys that
+/// parse are kept.
+pub fn parse_fragment(text: &str, file: &Path) -> (Fragment, Vec<String>) {
+    let mut warnings = Vec::new();
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            warnings.push(format!(
+                "{}: not valid TOML, ignored: {}",
+                file.display(),
+                e.message()
+            ));
+            return (Fragment::default(), warnings);
+        }
+    };
+    // Try each key alone, so one bad key loses only itself.
+    let mut kept = toml::Table::new();
+    for (section, value) in &table {
+        let Some(keys) = value.as_table() else {
+            warnings.push(format!("{}: unknown key {section}", file.display()));
+            continue;
+        };
+        for (key, v) in keys {
+            let mut one = toml::Table::new();
+            one.insert(
+                section.clone(),
+                toml::Value::Table(toml::Table::from_iter([(key.clone(), v.clone())])),
+            );
+            match toml::Value::Table(one).try_into::<Fragment>() {
+                Ok(_) => {
+                    kept.entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                        .as_table_mut()
+                        .expect("section is a table")
+                        .insert(key.clone(), v.clone());
+                }
+                Err(e) if e.message().contains("unknown field") => {
+                    warnings.push(format!("{}: unknown key {section}.{key}", file.display()));
+                }
+                Err(e) => warnings.push(format!(
+                    "{}: bad value for {section}.{key}: {}",
+                    file.display(),
+                    e.message().lines().next().unwrap_or("")
+                )),
+            }
+        }
+    }
+    (
+        toml::Value::Table(kept).try_into().unwrap_or_default(),
+        warnings,
+    )
+}
+
+impl Settings {
+    /// Reads every drop-in under `root`; never fails (see the module doc).
+    pub fn load(root: &Path) -> Settings {
+        let mut s = Settings::default();
+        for file in dropins(root) {
+            let text = match std::fs::metadata(&file).map(|m| m.len()) {
+                Ok(n) if n > MAX_DROPIN_BYTES => {
+                    s.warnings.push(format!(
+                        "{}: larger than {MAX_DROPIN_BYTES} bytes, ignored",
+                        file.display()
+                    ));
+                    continue;
+                }
+                _ => match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        s.warnings
+                            .push(format!("{}: unreadable, ignored: {e}", file.display()));
+                        continue;
+                    }
+                },
+            };
+            let (f, warnings) = parse_fragment(&text, &file);
+            s.warnings.extend(warnings);
+            s.apply(&f, &file);
+            s.files.push(file);
+        }
+        s
+    }
+
+    fn apply(&mut self, f: &Fragment, file: &Path) {
+        if let Some(tries) = f.install.as_ref().and_then(|i| i.tries) {
+            if (1..=15).contains(&tries) {
+                self.tries = tries;
+            } else {
+                self.warnings.push(format!(
+                    "{}: install.tries = {tries} out of range 1-15, ignored",
+                    file.display()
+                ));
+            }
+        }
+        let h = f.health.clone().unwrap_or_default();
+        for (key, value, slot) in [
+            (
+                "check_timeout_secs",
+                h.check_timeout_secs,
+                &mut self.check_timeout,
+            ),
+            ("deadline_secs", h.deadline_secs, &mut self.deadline),
+        ] {
+            match value {
+                Some(0) => self.warnings.push(format!(
+                    "{}: health.{key} = 0 ignored (must be at least 1)",
+                    file.display()
+                )),
+                Some(secs) => *slot = Duration::from_secs(secs),
+                None => {}
+            }
+        }
+        if let Some(strategy) = f.reboot.as_ref().and_then(|r| r.strategy) {
+            self.reboot = strategy;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn no_dropins_give_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Settings::load(dir.path()), Settings::default());
+    }
+
+    #[test]
+    fn admin_file_replaces_vendor_file_of_the_same_name() {
+        let r = root_with(&[
+            (
+                "usr/lib/updater/config.d/10-vendor.toml",
+                "[install]\ntries = 3\n[health]\ndeadline_secs = 10\n",
+            ),
+            (
+                "etc/updater/config.d/10-vendor.toml",
+                "[install]\ntries = 2\n",
+            ),
+        ]);
+        let s = Settings::load(r.path());
+        assert_eq!((s.tries, s.deadline), (2, Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn later_names_override_earlier_keys() {
+        let r = root_with(&[
+            (
+                "usr/lib/updater/config.d/10-a.toml",
+                "[health]\ncheck_timeout_secs = 5\ndeadline_secs = 50\n",
+            ),
+            (
+                "etc/updater/config.d/20-b.toml",
+                "[health]\ncheck_timeout_secs = 7\n",
+            ),
+        ]);
+        let s = Settings::load(r.path());
+        assert_eq!(
+            (s.check_timeout, s.deadline),
+            (Duration::from_secs(7), Duration::from_secs(50))
+        );
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_warn_and_the_rest_still_applies() {
+        let r = root_with(&[(
+            "etc/updater/config.d/50.toml",
+            "[reboot]\nstrategy = \"immediate\"\nwhen = \"now\"\n[telemetry]\nurl = 1\n",
+        )]);
+        let s = Settings::load(r.path());
+        assert_eq!(s.reboot, RebootStrategy::Immediate);
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("50.toml: unknown key reboot.when"),
+            "{:?}",
+            s.warnings
+        );
+        assert!(
+            s.warnings[1].contains("unknown key telemetry"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_the_default() {
+        let r = root_with(&[("etc/updater/config.d/50.toml", "[install]\ntries = 99\n[reboot]\nstrategy = \"sometimes\"\n[health]\ndeadline_secs = \"soon\"\n")]);
+        let s = Settings::load(r.path());
+        assert_eq!(
+            (s.tries, s.reboot, s.deadline),
+            (1, RebootStrategy::Off, Duration::from_secs(300))
+        );
+        assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn broken_toml_warns_and_is_ignored() {
+        let r = root_with(&[("etc/updater/config.d/50.toml", "[install\n")]);
+        let s = Settings::load(r.path());
+        assert_eq!(s.tries, 1);
+        assert!(s.warnings[0].contains("not valid TOML"), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn shipped_defaults_parse_without_warnings() {
+        let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/config.d");
+        for e in std::fs::read_dir(&dist).unwrap() {
+            let p = e.unwrap().path();
+            let (_, warnings) = parse_fragment(&std::fs::read_to_string(&p).unwrap(), &p);
+            assert!(warnings.is_empty(), "{}: {warnings:?}", p.display());
+        }
+    }
+}

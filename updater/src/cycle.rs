@@ -1,0 +1,737 @@
+//! The update cycle after the flip (DESIGN §1, §4, §7): health verdict → commit or roll back,
+//! the operator's rollback / mark-good / mark-bad, and the status that explains it all.
+//!
+//! Transitions of the booted slot, each one method of [`Cycle`]:
+//!
+//! | method | from | to |
+//! |---|---|---|
+//! | [`Cycle::health`], checks pass | booted uncommitted (`P>0 T0 S0`) | committed (`S1`), pending cleared |
+//! | [`Cycle::health`], a check fails | booted uncommitted | `P0 T0 S0`, version recorded failed, reboot per strategy |
+//! | [`Cycle::health`] on a committed slot with a pending install in the other slot | other slot flipped but we booted the old one | pending version recorded failed ("never came up") |
+//! | [`Cycle::rollback`] | any | other slot next (committed: priority only; verified but never committed: tries 1) |
+//! | [`Cycle::mark_good`] | any | booted committed |
+//! | [`Cycle::mark_bad`] | any, other slot bootable | booted `P0 T0 S0`, recorded failed |
+//!
+//! Order of writes (power cut safe): a failure is recorded in state before the GPT makes the
+//! slot unbootable; a commit writes the GPT before the pending record is removed, and a leftover
+//! pending record for a committed booted slot is simply cleared on the next run.
+//!
+//! The machine is rebooted only as [`RebootStrategy`] allows, never with `--no-reboot`, and
+//! never when `--root` is not `/` (a root prefix means a test or an image, not this machine).
+use crate::config::{RebootStrategy, Settings};
+use crate::health::{HealthChecks, Limits};
+use crate::history::{now, FailedVersion, FailedVersions, HealthReport, History};
+use crate::install::DeviceSpec;
+use crate::osrelease::OsRelease;
+use crate::state::{PendingInstall, StateDir, PENDING};
+use anyhow::{bail, Context};
+use bootctl::{Slot, SlotDisk, SlotId};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Marker written when a reboot is needed but not done (strategy `off`).
+pub const REBOOT_REQUIRED: &str = "run/reboot-required";
+
+/// What happened about rebooting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reboot")]
+pub enum RebootAction {
+    /// No reboot needed.
+    NotNeeded,
+    /// The reboot was skipped (`--no-reboot`).
+    Skipped,
+    /// Needed but not allowed: the marker file says so.
+    Required {
+        /// The marker written.
+        marker: PathBuf,
+    },
+    /// The machine is rebooting.
+    Rebooting,
+}
+
+/// What `updater health` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum HealthOutcome {
+    /// The booted slot was committed before; nothing to check.
+    AlreadyCommitted {
+        /// The booted slot.
+        slot: String,
+    },
+    /// The pending install in the other slot never came up; recorded as failed.
+    PendingNeverCameUp {
+        /// Its version.
+        version: String,
+        /// The reason recorded.
+        reason: String,
+    },
+    /// Checks passed; the booted slot is committed.
+    Committed {
+        /// The booted slot.
+        slot: String,
+        /// Its version.
+        version: String,
+        /// Summary of the checks.
+        summary: String,
+    },
+    /// A check failed; the booted slot is marked bad.
+    RolledBack {
+        /// The booted slot.
+        slot: String,
+        /// Its version.
+        version: String,
+        /// Which check failed how.
+        summary: String,
+        /// The reboot that follows.
+        reboot: RebootAction,
+    },
+}
+
+/// One slot as `updater status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    /// `A` or `B` (else the partition number).
+    pub slot: String,
+    /// The GPT entry.
+    #[serde(flatten)]
+    pub gpt: Slot,
+    /// `IMAGE_VERSION`, where known.
+    pub version: Option<String>,
+    /// Running now.
+    pub booted: bool,
+    /// GRUB boots it next.
+    pub next: bool,
+}
+
+/// Everything `updater status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The booted slot.
+    pub booted: String,
+    /// The slot GRUB boots next (none: the fallback entry).
+    pub next: Option<String>,
+    /// Both slots.
+    pub slots: Vec<SlotStatus>,
+    /// A flipped install waiting for its first healthy boot.
+    pub pending: Option<PendingInstall>,
+    /// Versions never to be installed again automatically.
+    pub failed: FailedVersions,
+    /// The last health verdict.
+    pub last_health: Option<HealthReport>,
+    /// Configuration warnings.
+    pub config_warnings: Vec<String>,
+}
+
+/// `A`/`B` for the slots labelled USR-A/USR-B, else the partition number.
+pub fn slot_name(s: &Slot) -> String {
+    s.label
+        .strip_prefix("USR-")
+        .filter(|l| *l == "A" || *l == "B")
+        .map_or_else(|| s.number.to_string(), str::to_string)
+}
+
+/// The update cycle of one device.
+#[derive(Debug)]
+pub struct Cycle {
+    dev: DeviceSpec,
+    settings: Settings,
+    state: StateDir,
+    history: History,
+}
+
+impl Cycle {
+    /// The cycle of `dev`, with its configuration loaded.
+    pub fn new(dev: DeviceSpec) -> Cycle {
+        let settings = Settings::load(&dev.root);
+        let state = StateDir::under_root(&dev.root);
+        Cycle {
+            history: History::new(state.clone()),
+            state,
+            settings,
+            dev,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn open(&self, writable: bool) -> anyhow::Result<SlotDisk> {
+        SlotDisk::open(&self.dev.disk, writable, None)
+            .with_context(|| format!("reading the GPT of {}", self.dev.disk.display()))
+    }
+
+    fn booted(&self, disk: &SlotDisk) -> anyhow::Result<Slot> {
+        disk.slot(&self.dev.booted).with_context(|| {
+            format!(
+                "finding the booted slot {} on {}",
+                self.dev.booted,
+                self.dev.disk.display()
+            )
+        })
+    }
+
+    /// `IMAGE_VERSION` of the running image (`ROOT/usr/lib/os-release`).
+    pub fn booted_version(&self) -> String {
+        let path = self.dev.root.join("usr/lib/os-release");
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| {
+                OsRelease::parse(&t)
+                    .get("IMAGE_VERSION")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn pending(&self) -> anyhow::Result<Option<PendingInstall>> {
+        self.state
+            .load(PENDING)
+            .context("reading the pending install")
+    }
+
+    fn clear_pending_for(&self, slot: &Slot) -> anyhow::Result<()> {
+        if self.pending()?.is_some_and(|p| {
+            p.slot_partuuid
+                .eq_ignore_ascii_case(&slot.partuuid.to_string())
+        }) {
+            self.state
+                .remove(PENDING)
+                .context("clearing the pending install")?;
+        }
+        Ok(())
+    }
+
+    fn record_failed(&self, f: FailedVersion, keep_earlier: bool) -> anyhow::Result<()> {
+        if keep_earlier && self.history.failed()?.find(&f.version).is_some() {
+            return Ok(());
+        }
+        self.history
+            .record_failed(f)
+            .context("recording a failed version")
+    }
+
+    /// Reboots if the strategy allows (see the module doc).
+    pub fn reboot(&self, no_reboot: bool) -> anyhow::Result<RebootAction> {
+        if no_reboot {
+            return Ok(RebootAction::Skipped);
+        }
+        if self.settings.reboot == RebootStrategy::Immediate && self.dev.root == Path::new("/") {
+            nix::unistd::sync();
+            nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+                .context("rebooting")?;
+            return Ok(RebootAction::Rebooting);
+        }
+        let marker = self.dev.root.join(REBOOT_REQUIRED);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&marker, b"updater\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
+        Ok(RebootAction::Required { marker })
+    }
+
+    /// The boot-time run: commit after healthy checks, or mark bad and reboot, or record a
+    /// pending install that never came up.
+    pub fn health(&self, no_reboot: bool) -> anyhow::Result<HealthOutcome> {
+        let mut disk = self.open(true)?;
+        let booted = self.booted(&disk)?;
+        let name = slot_name(&booted);
+        let pending = self.pending()?;
+        if booted.attrs.successful {
+            if let Some(p) = pending {
+                if p.slot_partuuid
+                    .eq_ignore_ascii_case(&booted.partuuid.to_string())
+                {
+                    self.state
+                        .remove(PENDING)
+                        .context("clearing the pending install")?;
+                } else if p.flipped {
+                    let reason = format!(
+                        "never came up: slot {} was not committed before the next boot (crash, hang, panic or power loss before its health checks passed); GRUB fell back to slot {name}",
+                        p.slot
+                    );
+                    self.record_failed(
+                        FailedVersion {
+                            version: p.version.clone(),
+                            slot: p.slot.clone(),
+                            reason: reason.clone(),
+                            ..Default::default()
+                        },
+                        true,
+                    )?;
+                    self.state
+                        .remove(PENDING)
+                        .context("clearing the pending install")?;
+                    return Ok(HealthOutcome::PendingNeverCameUp {
+                        version: p.version,
+                        reason,
+                    });
+                }
+            }
+            return Ok(HealthOutcome::AlreadyCommitted { slot: name });
+        }
+
+        let version = self.booted_version();
+        let checks = HealthChecks::discover(&self.dev.root)?;
+        let limits = Limits {
+            check_timeout: self.settings.check_timeout,
+            deadline: self.settings.deadline,
+        };
+        let verdict = checks.run(
+            &limits,
+            &[
+                ("UPDATER_SLOT", name.as_str()),
+                ("UPDATER_VERSION", version.as_str()),
+            ],
+        );
+        let report = HealthReport {
+            slot: name.clone(),
+            version: version.clone(),
+            passed: verdict.passed,
+            summary: verdict.summary.clone(),
+            checks: verdict.checks.clone(),
+            at: now(),
+            ..Default::default()
+        };
+        self.history
+            .set_health(&report)
+            .context("recording the health verdict")?;
+        if verdict.passed {
+            disk.mark_good(&self.dev.booted).with_context(|| {
+                format!("committing slot {name} on {}", self.dev.disk.display())
+            })?;
+            self.clear_pending_for(&booted)?;
+            return Ok(HealthOutcome::Committed {
+                slot: name,
+                version,
+                summary: verdict.summary,
+            });
+        }
+        let other = disk.other(&self.dev.booted)?;
+        let failed = verdict.failed_check();
+        self.record_failed(
+            FailedVersion {
+                version: version.clone(),
+                slot: name.clone(),
+                reason: verdict.summary.clone(),
+                check: failed.map(|c| c.name.clone()),
+                output: failed.map(|c| c.output.clone()),
+                at: now(),
+            },
+            false,
+        )?;
+        if !other.attrs.is_bootable() {
+            bail!(
+                "{} on slot {name}, but slot {} is not bootable: leaving slot {name} as it is",
+                verdict.summary,
+                slot_name(&other)
+            );
+        }
+        disk.mark_bad(&self.dev.booted)
+            .with_context(|| format!("marking slot {name} bad on {}", self.dev.disk.display()))?;
+        self.clear_pending_for(&booted)?;
+        let reboot = self.reboot(no_reboot)?;
+        Ok(HealthOutcome::RolledBack {
+            slot: name,
+            version,
+            summary: verdict.summary,
+            reboot,
+        })
+    }
+
+    /// Makes the other slot next: a committed one by priority alone, a verified but never
+    /// committed one with one try. Refuses a slot that holds neither.
+    pub fn rollback(&self, no_reboot: bool) -> anyhow::Result<(String, RebootAction)> {
+        let mut disk = self.open(true)?;
+        let booted = self.booted(&disk)?;
+        let other = disk.other(&self.dev.booted)?;
+        let other_id = SlotId::Number(other.number);
+        let pending_for_other = self.pending()?.is_some_and(|p| {
+            p.slot_partuuid
+                .eq_ignore_ascii_case(&other.partuuid.to_string())
+        });
+        if other.attrs.successful {
+            disk.prioritize(&other_id)?;
+        } else if pending_for_other {
+            disk.set_next(&other_id, 1)?;
+        } else {
+            bail!("slot {} holds no committed or freshly verified image: refusing to make it bootable", slot_name(&other));
+        }
+        if !booted.attrs.successful {
+            let reason = "rolled back by the operator before it was committed".to_string();
+            self.record_failed(
+                FailedVersion {
+                    version: self.booted_version(),
+                    slot: slot_name(&booted),
+                    reason,
+                    ..Default::default()
+                },
+                true,
+            )?;
+            self.clear_pending_for(&booted)?;
+        }
+        Ok((slot_name(&other), self.reboot(no_reboot)?))
+    }
+
+    /// Commits the booted slot by hand.
+    pub fn mark_good(&self) -> anyhow::Result<bool> {
+        let mut disk = self.open(true)?;
+        let booted = self.booted(&disk)?;
+        let wrote = disk.mark_good(&self.dev.booted)?;
+        self.clear_pending_for(&booted)?;
+        Ok(wrote)
+    }
+
+    /// Marks the booted slot bad by hand and reboots into the other one.
+    pub fn mark_bad(&self, no_reboot: bool) -> anyhow::Result<RebootAction> {
+        let mut disk = self.open(true)?;
+        let booted = self.booted(&disk)?;
+        let other = disk.other(&self.dev.booted)?;
+        if !other.attrs.is_bootable() {
+            bail!(
+                "slot {} is not bootable: marking slot {} bad would leave nothing to boot",
+                slot_name(&other),
+                slot_name(&booted)
+            );
+        }
+        let reason = "marked bad by the operator".to_string();
+        self.record_failed(
+            FailedVersion {
+                version: self.booted_version(),
+                slot: slot_name(&booted),
+                reason,
+                ..Default::default()
+            },
+            false,
+        )?;
+        disk.mark_bad(&self.dev.booted)?;
+        self.clear_pending_for(&booted)?;
+        self.reboot(no_reboot)
+    }
+
+    /// Both slots, the next boot, the pending install, failed versions, the last verdict.
+    pub fn status(&self) -> anyhow::Result<Status> {
+        let mut disk = self.open(false)?;
+        let booted = self.booted(&disk)?;
+        let next = disk.select(false)?.map(|s| s.slot);
+        let pending = self.pending()?;
+        let failed = self.history.failed()?;
+        let last_health = self.history.health()?;
+        let slots = disk
+            .slots()
+            .into_iter()
+            .map(|s| {
+                let is_booted = s.number == booted.number;
+                let version = if is_booted {
+                    Some(self.booted_version())
+                } else {
+                    pending
+                        .as_ref()
+                        .filter(|p| {
+                            p.slot_partuuid
+                                .eq_ignore_ascii_case(&s.partuuid.to_string())
+                        })
+                        .map(|p| p.version.clone())
+                };
+                SlotStatus {
+                    slot: slot_name(&s),
+                    version,
+                    booted: is_booted,
+                    next: next.as_ref().is_some_and(|n| n.number == s.number),
+                    gpt: s,
+                }
+            })
+            .collect();
+        Ok(Status {
+            booted: slot_name(&booted),
+            next: next.as_ref().map(slot_name),
+            slots,
+            pending,
+            failed,
+            last_health,
+            config_warnings: self.settings.warnings.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bootctl::SlotAttrs;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A device root with a disk-image file in the DESIGN §3 layout, booted from `booted`.
+    struct Rig {
+        dir: tempfile::TempDir,
+        disk: PathBuf,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let disk = dir.path().join("disk.img");
+            std::fs::write(&disk, bootctl::layout::mem_disk(512).bytes).unwrap();
+            Rig { dir, disk }
+        }
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+        fn cycle(&self, booted: SlotId, version: &str) -> Cycle {
+            let os = self.root().join("usr/lib/os-release");
+            std::fs::create_dir_all(os.parent().unwrap()).unwrap();
+            std::fs::write(
+                &os,
+                format!("ID=test\nIMAGE_ID=test\nIMAGE_VERSION={version}\n"),
+            )
+            .unwrap();
+            Cycle::new(DeviceSpec {
+                root: self.root(),
+                disk: self.disk.clone(),
+                booted,
+            })
+        }
+        fn slots(&self) -> SlotDisk {
+            SlotDisk::open(&self.disk, true, None).unwrap()
+        }
+        fn attrs(&self, id: SlotId) -> SlotAttrs {
+            self.slots().slot(&id).unwrap().attrs
+        }
+        fn check(&self, name: &str, body: &str) {
+            let p = self.root().join("etc/updater/health.d").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        /// What `updater install` leaves: B written, flipped to P2 T1 S0, pending recorded.
+        fn installed_b(&self, version: &str) {
+            let mut d = self.slots();
+            d.set_next(&SlotId::B, 1).unwrap();
+            let b = d.slot(&SlotId::B).unwrap();
+            let p = PendingInstall {
+                format_version: 1,
+                slot: "B".into(),
+                slot_partuuid: b.partuuid.to_string(),
+                version: version.into(),
+                payload_id: "id".into(),
+                flipped: true,
+            };
+            StateDir::under_root(&self.root())
+                .store(PENDING, &p)
+                .unwrap();
+        }
+        /// What GRUB does at boot: the tries decrement of the chosen slot.
+        fn grub_boots(&self) -> String {
+            slot_name(
+                &self
+                    .slots()
+                    .select(true)
+                    .unwrap()
+                    .expect("something bootable")
+                    .slot,
+            )
+        }
+        fn pending(&self) -> Option<PendingInstall> {
+            StateDir::under_root(&self.root()).load(PENDING).unwrap()
+        }
+        fn failed(&self) -> FailedVersions {
+            History::new(StateDir::under_root(&self.root()))
+                .failed()
+                .unwrap()
+        }
+    }
+
+    fn s(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
+        SlotAttrs {
+            priority,
+            tries,
+            successful,
+        }
+    }
+
+    #[test]
+    fn healthy_new_slot_is_committed_and_the_old_one_kept_as_fallback() {
+        let r = Rig::new();
+        r.installed_b("2");
+        assert_eq!(r.grub_boots(), "B");
+        r.check("10-ok", "exit 0");
+        let out = r.cycle(SlotId::B, "2").health(true).unwrap();
+        assert!(
+            matches!(out, HealthOutcome::Committed { ref version, .. } if version == "2"),
+            "{out:?}"
+        );
+        assert_eq!(r.attrs(SlotId::B), s(2, 0, true));
+        assert_eq!(r.attrs(SlotId::A), s(1, 0, true));
+        assert_eq!(r.pending(), None);
+        assert_eq!(r.grub_boots(), "B");
+    }
+
+    #[test]
+    fn failing_check_marks_the_slot_bad_records_why_and_needs_a_reboot() {
+        let r = Rig::new();
+        r.installed_b("3");
+        r.grub_boots();
+        r.check("10-app", "echo 'app: connection refused' >&2; exit 4");
+        let out = r.cycle(SlotId::B, "3").health(false).unwrap();
+        let HealthOutcome::RolledBack {
+            summary, reboot, ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(summary, "health check 10-app failed (exit 4)");
+        assert_eq!(
+            reboot,
+            RebootAction::Required {
+                marker: r.root().join(REBOOT_REQUIRED)
+            }
+        );
+        assert!(r.root().join(REBOOT_REQUIRED).exists());
+        assert_eq!(r.attrs(SlotId::B), s(0, 0, false));
+        assert_eq!(r.grub_boots(), "A");
+        let f = r.failed();
+        let v3 = f.find("3").unwrap();
+        assert_eq!(
+            (v3.check.as_deref(), v3.output.as_deref()),
+            (Some("10-app"), Some("app: connection refused\n"))
+        );
+        assert_eq!(r.pending(), None);
+        // Back on A, the failure's own explanation is kept.
+        assert!(matches!(
+            r.cycle(SlotId::A, "2").health(true).unwrap(),
+            HealthOutcome::AlreadyCommitted { .. }
+        ));
+        assert_eq!(
+            r.failed().find("3").unwrap().reason,
+            "health check 10-app failed (exit 4)"
+        );
+    }
+
+    #[test]
+    fn no_reboot_means_no_reboot_and_no_marker() {
+        let r = Rig::new();
+        r.installed_b("3");
+        r.grub_boots();
+        r.check("10-app", "exit 1");
+        let HealthOutcome::RolledBack { reboot, .. } =
+            r.cycle(SlotId::B, "3").health(true).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(reboot, RebootAction::Skipped);
+        assert!(!r.root().join(REBOOT_REQUIRED).exists());
+    }
+
+    #[test]
+    fn immediate_strategy_never_reboots_a_root_prefix() {
+        let r = Rig::new();
+        let d = r.root().join("etc/updater/config.d");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("50.toml"), "[reboot]\nstrategy = \"immediate\"\n").unwrap();
+        let c = r.cycle(SlotId::A, "1");
+        assert_eq!(c.settings().reboot, RebootStrategy::Immediate);
+        assert!(matches!(
+            c.reboot(false).unwrap(),
+            RebootAction::Required { .. }
+        ));
+    }
+
+    #[test]
+    fn install_that_never_came_up_is_recorded_as_failed_on_the_old_slot() {
+        let r = Rig::new();
+        r.installed_b("4");
+        assert_eq!(r.grub_boots(), "B"); // kernel panics: no health run
+        assert_eq!(r.grub_boots(), "A"); // tries exhausted: GRUB falls back
+        let out = r.cycle(SlotId::A, "2").health(true).unwrap();
+        let HealthOutcome::PendingNeverCameUp { version, reason } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(version, "4");
+        assert!(reason.starts_with("never came up"), "{reason}");
+        assert!(r.failed().find("4").is_some());
+        assert_eq!(r.pending(), None);
+    }
+
+    #[test]
+    fn a_commit_cut_before_the_pending_record_is_cleared_finishes_on_the_next_run() {
+        let r = Rig::new();
+        r.installed_b("2");
+        r.grub_boots();
+        r.slots().mark_good(&SlotId::B).unwrap(); // power cut right after the GPT write
+        assert!(r.pending().is_some());
+        assert!(matches!(
+            r.cycle(SlotId::B, "2").health(true).unwrap(),
+            HealthOutcome::AlreadyCommitted { .. }
+        ));
+        assert_eq!(r.pending(), None);
+        assert!(r.failed().versions.is_empty());
+    }
+
+    #[test]
+    fn rollback_to_the_committed_fallback_and_back() {
+        let r = Rig::new();
+        r.installed_b("2");
+        r.grub_boots();
+        r.cycle(SlotId::B, "2").health(true).unwrap();
+        let (next, reboot) = r.cycle(SlotId::B, "2").rollback(true).unwrap();
+        assert_eq!((next.as_str(), reboot), ("A", RebootAction::Skipped));
+        assert_eq!(r.grub_boots(), "A");
+        assert_eq!(r.attrs(SlotId::A), s(3, 0, true));
+        let (next, _) = r.cycle(SlotId::A, "1").rollback(true).unwrap();
+        assert_eq!(next, "B");
+        assert_eq!(r.grub_boots(), "B");
+        assert_eq!(r.attrs(SlotId::B), s(4, 0, true));
+        assert!(
+            r.failed().versions.is_empty(),
+            "rolling between committed slots records no failure"
+        );
+    }
+
+    #[test]
+    fn rollback_refuses_a_slot_without_a_verified_image() {
+        let r = Rig::new();
+        let before = std::fs::read(&r.disk).unwrap();
+        let e = r.cycle(SlotId::A, "1").rollback(true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("slot B holds no committed or freshly verified image"),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read(&r.disk).unwrap(), before);
+    }
+
+    #[test]
+    fn mark_bad_refuses_to_leave_nothing_bootable() {
+        let r = Rig::new();
+        let e = r.cycle(SlotId::A, "1").mark_bad(true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("would leave nothing to boot"),
+            "{e:#}"
+        );
+        assert_eq!(r.attrs(SlotId::A), s(1, 0, true));
+    }
+
+    #[test]
+    fn status_explains_slots_pending_and_failures() {
+        let r = Rig::new();
+        r.installed_b("3");
+        r.grub_boots();
+        r.check("10-app", "echo boom; exit 1");
+        r.cycle(SlotId::B, "3").health(true).unwrap();
+        let st = r.cycle(SlotId::A, "2").status().unwrap();
+        assert_eq!((st.booted.as_str(), st.next.as_deref()), ("A", Some("A")));
+        assert_eq!(st.slots[0].version.as_deref(), Some("2"));
+        assert!(st.slots[0].booted && st.slots[0].next);
+        assert_eq!(
+            st.failed.find("3").unwrap().check.as_deref(),
+            Some("10-app")
+        );
+        assert!(!st.last_health.as_ref().unwrap().passed);
+        let text = crate::cli::cycle::render_status(&st);
+        assert!(
+            text.contains("failed: version 3 (slot B): health check 10-app failed (exit 1)"),
+            "{text}"
+        );
+        assert!(text.contains("| boom"), "{text}");
+    }
+}
