@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds GRUB 2.06 from Debian's source package with our gptprio module (grub-patches/gptprio,
 # added out of tree through GRUB's GRUB_CONTRIB hook) for x86_64-efi, i386-pc and emu, and
-# assembles the boot artifacts. The result is cached by the SHA-256 of every input (module
-# source, this script, grub.cfg, the Debian source version), so a second run costs seconds.
+# assembles the boot artifacts. Results are cached by the SHA-256 of their inputs, so a second
+# run costs seconds:
+#   images-<sha256 of gptprio/, this script, the Debian source version>   compiled images
+#   <sha256 of the above + grub.cfg>                                      images + grub.cfg
+# (grub.cfg is not built into any image, so editing it does not recompile GRUB.)
 #
 # Usage: grub-patches/build.sh [CACHE_ROOT]
 #   CACHE_ROOT defaults to $AB_GRUB_CACHE, else /var/cache/ab-updater/grub.
@@ -14,6 +17,7 @@
 #   grub.cfg                 the boot menu (ESP: EFI/BOOT/grub.cfg)
 #   modules.txt, VERSION     what went into the images, and from which source
 # Needs root on a cache miss (apt-get source / build-dep); a cache hit needs nothing.
+# Clear the cache with: rm -rf /var/cache/ab-updater/grub
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,33 +37,46 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+has_source() {
+  apt-cache showsrc --only-source grub2 2>/dev/null | grep -q '^Version:'
+}
+
 # apt-get source needs a deb-src entry; add one for bookworm main when none is configured.
+# Another process may be running apt-get update (lists briefly missing), so look twice.
 ensure_deb_src() {
-  if apt-cache showsrc --only-source grub2 2>/dev/null | grep -q '^Version:'; then
-    return
-  fi
-  log "adding a deb-src entry for bookworm main"
-  as_root tee /etc/apt/sources.list.d/ab-updater-deb-src.sources >/dev/null <<'EOF'
+  has_source && return
+  sleep 5
+  has_source && return
+  local list=/etc/apt/sources.list.d/ab-updater-deb-src.sources
+  if [ ! -f "$list" ]; then
+    log "adding a deb-src entry for bookworm main ($list)"
+    as_root tee "$list" >/dev/null <<'EOF2'
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  as_root apt-get update -qq
-  apt-cache showsrc --only-source grub2 | grep -q '^Version:' ||
-    die "no grub2 source package visible to apt after adding deb-src"
+EOF2
+  fi
+  local try
+  for try in 1 2 3; do
+    as_root apt-get update -qq -o DPkg::Lock::Timeout=120 && has_source && return
+    log "apt-get update or the grub2 source lookup failed (try $try of 3)"
+    sleep 10
+  done
+  die "no grub2 source package visible to apt (deb-src entry: $list)"
 }
 
 source_version() {
   apt-cache showsrc --only-source grub2 | awk '/^Version:/ {print $2}' | sort -V | tail -n1
 }
 
-input_hash() {
+# Hash of what the compiled images depend on.
+images_hash() {
   local version=$1
   {
     echo "debian-source grub2 $version"
-    (cd "$here" && find gptprio build.sh grub.cfg -type f | LC_ALL=C sort | xargs sha256sum)
+    (cd "$here" && find gptprio build.sh -type f | LC_ALL=C sort | xargs sha256sum)
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -114,7 +131,6 @@ build() {
     -o "$out/i386-pc/core.img" $pc_modules || die "making core.img"
   cp "$src/build-pc/grub-core/boot.img" "$out/i386-pc/boot.img"
   cp "$src/build-emu/grub-core/grub-emu" "$out/emu/grub-emu"
-  cp "$here/grub.cfg" "$out/grub.cfg"
   {
     echo "efi: $efi_modules"
     echo "pc: $pc_modules"
@@ -128,29 +144,41 @@ main() {
   flock 9
 
   ensure_deb_src
-  local version hash out
+  local version key out images
   version=$(source_version)
-  hash=$(input_hash "$version")
-  out="$cache_root/$hash"
+  key=$(images_hash "$version")
+  images="$cache_root/images-$key"
+  out="$cache_root/$( (echo "$key"; sha256sum <"$here/grub.cfg") | sha256sum | cut -d' ' -f1)"
   if [ -f "$out/.complete" ]; then
     log "cache hit ($out)"
     echo "$out"
     return
   fi
 
-  log "cache miss: building GRUB $version with gptprio into $out"
-  local start work tmp
-  start=$(date +%s)
-  work="$cache_root/work-$hash"
-  tmp="$cache_root/tmp-$hash"
-  rm -rf "$work" "$tmp"
-  mkdir -p "$work" "$tmp"
-  build "$version" "$tmp" "$work"
-  touch "$tmp/.complete"
+  if [ -f "$images/.complete" ]; then
+    log "compiled images cached ($images)"
+  else
+    log "cache miss: building GRUB $version with gptprio into $images"
+    local start work tmp
+    start=$(date +%s)
+    work="$cache_root/work-$key"
+    tmp="$cache_root/tmp-$key"
+    rm -rf "$work" "$tmp"
+    mkdir -p "$work" "$tmp"
+    build "$version" "$tmp" "$work"
+    touch "$tmp/.complete"
+    rm -rf "$images"
+    mv "$tmp" "$images"
+    rm -rf "$work"
+    log "built in $(($(date +%s) - start)) s"
+  fi
+
+  local staging="$out.tmp"
+  rm -rf "$staging"
+  cp -al "$images" "$staging"
+  cp "$here/grub.cfg" "$staging/grub.cfg"
   rm -rf "$out"
-  mv "$tmp" "$out"
-  rm -rf "$work"
-  log "built in $(($(date +%s) - start)) s"
+  mv "$staging" "$out"
   echo "$out"
 }
 

@@ -371,7 +371,8 @@ grub_cmd_next (grub_extcmd_context_t ctxt, int argc, char **args)
       goto out;
     }
 
-  total = grub_disk_native_sectors (disk);
+  /* In logical sectors (grub_disk_native_sectors counts 512-byte units).  */
+  total = disk->total_sectors;
   if (total == GRUB_DISK_SIZE_UNKNOWN || total < 3)
     {
       err = grub_error (GRUB_ERR_BAD_DEVICE, N_("%s: disk size unknown"),

@@ -1,1 +1,585 @@
-//! The GRUB gptprio module run against every bootctl select test vector.
+//! The GRUB module `gptprio` against the Rust rule, and on real firmware.
+//!
+//! - Every vector of `bootctl/testdata/select-vectors.json` is put on its own DESIGN §3 disk
+//!   file and one `grub-emu` run calls `gptprio.next` on all of them: the same partition (or
+//!   none, with the variables untouched), the same attributes written, both GPT copies valid
+//!   and equal afterwards, and not one byte written when nothing was decremented.
+//! - Damaged tables, in the emulator: a zeroed primary header boots by the backup, a corrupt
+//!   copy means no write, two corrupt copies mean no choice, a stale backup is rewritten from
+//!   the primary.
+//! - Real firmware: disks made by `image-tools disk` boot GRUB under OVMF (512- and 4096-byte
+//!   sectors) and SeaBIOS, and GRUB's choice and tries decrement show on the serial console
+//!   and on the disk. The /usr image holds a stand-in kernel, so GRUB's `linux` fails after
+//!   the choice; booting a real kernel is `boot.rs`'s business.
+use bootctl::gpt::{self, Entry, Gpt};
+use bootctl::guid::{BIOS_BOOT_TYPE, ESP_TYPE, LINUX_DATA_TYPE, USR_TYPE};
+use bootctl::storage::FileDisk;
+use bootctl::Guid;
+use bootctl::SlotAttrs;
+use qemu_tests::grub::{artifacts, Emu, GrubArtifacts, EMU_MAX_DISKS};
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::Hasher;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../bootctl/testdata/select-vectors.json"
+);
+
+fn grub() -> GrubArtifacts {
+    artifacts().expect("building GRUB with gptprio (grub-patches/build.sh)")
+}
+
+fn attrs(p: u8, t: u8, s: bool) -> u64 {
+    SlotAttrs {
+        priority: p,
+        tries: t,
+        successful: s,
+    }
+    .apply(0)
+}
+
+/// Sectors of a vector disk: room for both GPT copies and six 8-sector partitions.
+const VECTOR_DISK_SECTORS: u64 = 256;
+
+/// Writes a tiny disk with the DESIGN §3 partitions (numbers, types, labels; 8 sectors each,
+/// as gptprio never looks at sizes) and the given usr attributes; returns its table.
+fn make_disk(path: &Path, usr: &[(u32, u64)]) -> Gpt {
+    let bytes = VECTOR_DISK_SECTORS * 512;
+    fs::File::create(path).unwrap().set_len(bytes).unwrap();
+    let mut table = Gpt::new(bytes, 512, Guid::random().unwrap()).unwrap();
+    let parts = [
+        (1, "EFI-SYSTEM", ESP_TYPE),
+        (2, "BIOS-BOOT", BIOS_BOOT_TYPE),
+        (3, "USR-A", USR_TYPE),
+        (4, "USR-B", USR_TYPE),
+        (6, "OEM", LINUX_DATA_TYPE),
+        (9, "ROOT", LINUX_DATA_TYPE),
+    ];
+    let mut next = table.first_usable_lba;
+    for (number, name, type_guid) in parts {
+        let unique_guid = Guid::random().unwrap();
+        let (first_lba, last_lba) = (next, next + 7);
+        let entry = Entry {
+            type_guid,
+            unique_guid,
+            first_lba,
+            last_lba,
+            attributes: 0,
+            name: name.into(),
+        };
+        table.set_entry(number, &entry);
+        next += 8;
+    }
+    for &(n, a) in usr {
+        table.set_attributes(n, a);
+    }
+    let mut d = FileDisk::open(path, true).unwrap();
+    gpt::write_new(&mut d, &table).unwrap();
+    table
+}
+
+fn file_hash(path: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    let mut f = fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return h.finish();
+        }
+        h.write(&buf[..n]);
+    }
+}
+
+/// The script that runs gptprio.next on `hd<i>` and prints `RESULT <i> ok|err <dev> <uuid>`.
+fn select_script(disks: usize) -> String {
+    (0..disks)
+        .map(|i| {
+            format!(
+                "set dev=untouched\nset uuid=untouched\n\
+                 if gptprio.next -d dev -u uuid hd{i}; then echo \"RESULT {i} ok $dev $uuid\"; \
+                 else echo \"RESULT {i} err $dev $uuid\"; fi\n"
+            )
+        })
+        .collect()
+}
+
+/// What GRUB said about each disk: `(ok, dev, uuid)`.
+fn results(out: &str, disks: usize) -> Vec<(bool, String, String)> {
+    let mut r = vec![None; disks];
+    for line in out.lines() {
+        let Some(at) = line.find("RESULT ") else {
+            continue;
+        };
+        let f: Vec<&str> = line[at + 7..].split_whitespace().collect();
+        if f.len() == 4 {
+            let i: usize = f[0].parse().unwrap();
+            r[i] = Some((f[1] == "ok", f[2].to_string(), f[3].to_string()));
+        }
+    }
+    r.into_iter()
+        .enumerate()
+        .map(|(i, x)| x.unwrap_or_else(|| panic!("no RESULT for hd{i} in:\n{out}")))
+        .collect()
+}
+
+fn read_table(path: &Path, sector_size: u32) -> gpt::DiskGpt {
+    let mut d = FileDisk::open(path, false).unwrap();
+    gpt::read(&mut d, Some(sector_size)).unwrap()
+}
+
+fn hex_attr(v: &serde_json::Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+fn entries(v: &serde_json::Value) -> Vec<(u32, u64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap() as u32,
+                hex_attr(&e["attributes"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn gptprio_matches_the_rust_rule_on_every_select_vector() {
+    let grub = grub();
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(VECTORS).unwrap()).unwrap();
+    let vectors = json["vectors"].as_array().unwrap();
+    assert!(vectors.len() > 100, "the vector file holds the full matrix");
+    let dir = tempfile::tempdir().unwrap();
+    struct Case {
+        name: String,
+        path: PathBuf,
+        table: Gpt,
+        choice: Option<u32>,
+        before: Vec<(u32, u64)>,
+        after: Vec<(u32, u64)>,
+        hash: u64,
+    }
+    let cases: Vec<Case> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let path = dir.path().join(format!("v{i}.img"));
+            let before = entries(&v["entries"]);
+            let table = make_disk(&path, &before);
+            Case {
+                name: v["name"].as_str().unwrap().to_string(),
+                hash: file_hash(&path),
+                path,
+                table,
+                choice: v["choice"].as_u64().map(|c| c as u32),
+                before,
+                after: entries(&v["after"]),
+            }
+        })
+        .collect();
+    // One emulator run per batch; disk i of a batch is GRUB's hd<i>.
+    const BATCH: usize = EMU_MAX_DISKS / 2;
+    let mut got = Vec::new();
+    for batch in cases.chunks(BATCH) {
+        let disks: Vec<&Path> = batch.iter().map(|c| c.path.as_path()).collect();
+        let out = Emu::new(&grub)
+            .run(&disks, &select_script(disks.len()))
+            .unwrap();
+        got.extend(results(&out, disks.len()));
+    }
+
+    let mut failures = Vec::new();
+    for (n, (c, (ok, dev, uuid))) in cases.iter().zip(&got).enumerate() {
+        let i = n % BATCH;
+        let want = match c.choice {
+            Some(n) => (
+                true,
+                format!("hd{i},gpt{n}"),
+                c.table.entry(n).unique_guid.to_string().to_lowercase(),
+            ),
+            None => (false, "untouched".to_string(), "untouched".to_string()),
+        };
+        if (*ok, dev.clone(), uuid.clone()) != want {
+            failures.push(format!(
+                "{}: GRUB said {ok} {dev} {uuid}, the rule {want:?}",
+                c.name
+            ));
+            continue;
+        }
+        let r = read_table(&c.path, 512);
+        if r.primary.is_err() || r.backup.is_err() || !r.copies_match {
+            failures.push(format!(
+                "{}: copies after GRUB: {:?} {:?} match={}",
+                c.name, r.primary, r.backup, r.copies_match
+            ));
+            continue;
+        }
+        let now: Vec<(u32, u64)> = c
+            .after
+            .iter()
+            .map(|&(n, _)| (n, r.gpt.entry(n).attributes))
+            .collect();
+        if now != c.after {
+            failures.push(format!(
+                "{}: attributes after GRUB {now:x?}, the rule {:x?}",
+                c.name, c.after
+            ));
+        }
+        if c.after == c.before && file_hash(&c.path) != c.hash {
+            failures.push(format!(
+                "{}: nothing to decrement, yet GRUB changed the disk",
+                c.name
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// One damaged-table case: a disk, how to damage it, and what GRUB must do.
+struct Damage {
+    name: &'static str,
+    usr: [(u32, u64); 2],
+    damage: fn(&Path, &Gpt),
+    choice: Option<u32>,
+    /// `None`: the disk must be byte-for-byte unchanged; `Some(t)`: B's tries afterwards.
+    b_tries_after: Option<u8>,
+}
+
+fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+}
+
+#[test]
+fn gptprio_reads_the_backup_and_writes_only_when_both_copies_validate() {
+    let grub = grub();
+    let next = [(3, attrs(1, 0, true)), (4, attrs(2, 1, false))];
+    let cases = [
+        Damage {
+            name: "primary header zeroed: B by the backup, no write",
+            usr: next,
+            damage: |p, _| overwrite(p, 512, &[0u8; 512]),
+            choice: Some(4),
+            b_tries_after: None,
+        },
+        Damage {
+            name: "primary entries corrupt: B by the backup, no write",
+            usr: next,
+            // Byte 100 of entry 1 (the ESP's name) changes the entry array CRC only.
+            damage: |p, _| flip(p, 1024 + 100),
+            choice: Some(4),
+            b_tries_after: None,
+        },
+        Damage {
+            name: "backup entries corrupt: B by the primary, no write",
+            usr: next,
+            damage: |p, t| flip(p, t.backup_entries_lba * 512 + 100),
+            choice: Some(4),
+            b_tries_after: None,
+        },
+        Damage {
+            name: "backup header CRC wrong: B by the primary, no write",
+            usr: next,
+            damage: |p, t| flip(p, t.backup_lba * 512 + 16),
+            choice: Some(4),
+            b_tries_after: None,
+        },
+        Damage {
+            name: "both headers zeroed: no choice, no write",
+            usr: next,
+            damage: |p, t| {
+                overwrite(p, 512, &[0u8; 512]);
+                overwrite(p, t.backup_lba * 512, &[0u8; 512]);
+            },
+            choice: None,
+            b_tries_after: None,
+        },
+        Damage {
+            name: "stale valid backup: the primary wins and is written to both copies",
+            usr: next,
+            damage: |p, t| {
+                // A valid backup that still says B is P0 (an interrupted userspace write).
+                let mut old = t.clone();
+                old.set_attributes(4, 0);
+                let entries = old.entry_array().to_vec();
+                let mut padded = entries.clone();
+                padded.resize((old.array_sectors() * 512) as usize, 0);
+                overwrite(p, old.backup_entries_lba * 512, &padded);
+                overwrite(
+                    p,
+                    old.backup_lba * 512,
+                    &old.header_sector(gpt::Copy::Backup),
+                );
+            },
+            choice: Some(4),
+            b_tries_after: Some(0),
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut disks = Vec::new();
+    let mut tables = Vec::new();
+    let mut hashes = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("d{i}.img"));
+        let t = make_disk(&path, &c.usr);
+        (c.damage)(&path, &t);
+        hashes.push(file_hash(&path));
+        disks.push(path);
+        tables.push(t);
+    }
+    let refs: Vec<&Path> = disks.iter().map(|p| p.as_path()).collect();
+    let out = Emu::new(&grub)
+        .run(&refs, &select_script(refs.len()))
+        .unwrap();
+    let got = results(&out, refs.len());
+    for (i, c) in cases.iter().enumerate() {
+        let (ok, dev, uuid) = &got[i];
+        match c.choice {
+            Some(n) => {
+                assert!(ok, "{}: GRUB chose nothing", c.name);
+                assert_eq!(dev, &format!("hd{i},gpt{n}"), "{}", c.name);
+                assert_eq!(
+                    uuid,
+                    &tables[i].entry(n).unique_guid.to_string().to_lowercase(),
+                    "{}",
+                    c.name
+                );
+            }
+            None => assert_eq!(
+                (*ok, dev.as_str(), uuid.as_str()),
+                (false, "untouched", "untouched"),
+                "{}",
+                c.name
+            ),
+        }
+        match c.b_tries_after {
+            None => assert_eq!(
+                file_hash(&disks[i]),
+                hashes[i],
+                "{}: GRUB wrote to the disk",
+                c.name
+            ),
+            Some(t) => {
+                let r = read_table(&disks[i], 512);
+                assert!(
+                    r.primary.is_ok() && r.backup.is_ok() && r.copies_match,
+                    "{}: {r:?}",
+                    c.name
+                );
+                assert_eq!(
+                    SlotAttrs::decode(r.gpt.entry(4).attributes).tries,
+                    t,
+                    "{}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+// --- Real firmware -------------------------------------------------------------------------
+
+/// A QEMU (TCG) machine whose serial console goes to a file; killed on drop.
+struct Vm {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Vm {
+    fn start(dir: &Path, disk: &Path, uefi: bool, sector_size: u32) -> Vm {
+        let log = dir.join(format!("serial-{}.log", if uefi { "uefi" } else { "bios" }));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=d0,logical_block_size={sector_size},physical_block_size={sector_size}"));
+        if uefi {
+            let vars = dir.join("OVMF_VARS.fd");
+            fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+            cmd.args([
+                "-machine",
+                "q35",
+                "-drive",
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Vm { child, log }
+    }
+
+    /// Waits until every one of `patterns` is on the console; returns the console text.
+    fn wait_for(&mut self, patterns: &[&str], timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text =
+                String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned();
+            if patterns.iter().all(|p| text.contains(p)) {
+                return text;
+            }
+            if start.elapsed() > timeout {
+                panic!("waiting {timeout:?} for {patterns:?}; console:\n{text}");
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("QEMU exited ({status}) before {patterns:?}; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A disk from `image-tools disk` whose USR-A holds a stand-in kernel.
+fn image_tools_disk(
+    dir: &Path,
+    grub: &GrubArtifacts,
+    sector_size: u32,
+) -> (PathBuf, image_tools::disk::DiskReport) {
+    let tree = dir.join("usr");
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::write(tree.join("boot/vmlinuz"), b"stand-in kernel").unwrap();
+    fs::write(tree.join("boot/initramfs.img"), b"stand-in initramfs").unwrap();
+    let usr = dir.join("usr.img");
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&usr)
+        .args([
+            "-noappend",
+            "-noI",
+            "-noD",
+            "-noF",
+            "-noX",
+            "-quiet",
+            "-no-progress",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let files = image_tools::disk::GrubFiles::from_dir(&grub.dir).unwrap();
+    let mut spec = image_tools::disk::DiskSpec::new(usr, dir.join("disk.img"), files);
+    spec.sector_size = sector_size;
+    spec.usr_size = 8 << 20;
+    spec.root_size = 8 << 20;
+    let report = image_tools::disk::assemble(&spec).unwrap();
+    (dir.join("disk.img"), report)
+}
+
+/// Boots GRUB from an image-tools disk with B at P2 T1 S0 and A at P1 T0 S1; GRUB must choose
+/// B, say so on the console, and leave B at P2 T0 S0 on the disk.
+fn boots_b_and_decrements(uefi: bool, sector_size: u32) {
+    let grub = grub();
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, report) = image_tools_disk(dir.path(), &grub, sector_size);
+    {
+        let mut d = bootctl::SlotDisk::open(&disk, true, Some(sector_size)).unwrap();
+        d.set_next(&bootctl::SlotId::B, 1).unwrap();
+    }
+    let b = report.partuuid(4).unwrap();
+    let mut vm = Vm::start(dir.path(), &disk, uefi, sector_size);
+    vm.wait_for(
+        &[&format!("gptprio: booting hd0,gpt4 PARTUUID={b}")],
+        Duration::from_secs(240),
+    );
+    drop(vm);
+    let t = read_table(&disk, sector_size);
+    assert!(t.primary.is_ok() && t.backup.is_ok() && t.copies_match);
+    let b_now = SlotAttrs::decode(t.gpt.entry(4).attributes);
+    assert_eq!(
+        (b_now.priority, b_now.tries, b_now.successful),
+        (2, 0, false),
+        "GRUB used B's try"
+    );
+    let a_now = SlotAttrs::decode(t.gpt.entry(3).attributes);
+    assert_eq!(
+        (a_now.priority, a_now.tries, a_now.successful),
+        (1, 0, true)
+    );
+}
+
+#[test]
+fn uefi_grub_from_an_image_tools_disk_boots_b_and_uses_its_try() {
+    boots_b_and_decrements(true, 512);
+}
+
+#[test]
+fn uefi_grub_on_4096_byte_sectors_boots_b_and_uses_its_try() {
+    boots_b_and_decrements(true, 4096);
+}
+
+#[test]
+fn bios_grub_from_an_image_tools_disk_boots_b_and_uses_its_try() {
+    boots_b_and_decrements(false, 512);
+}
+
+#[test]
+fn nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
+    let grub = grub();
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, report) = image_tools_disk(dir.path(), &grub, 512);
+    {
+        let mut d = bootctl::SlotDisk::open(&disk, true, Some(512)).unwrap();
+        d.mark_bad(&bootctl::SlotId::A).unwrap();
+    }
+    let before = file_hash(&disk);
+    let a = report.partuuid(3).unwrap();
+    let mut vm = Vm::start(dir.path(), &disk, true, 512);
+    let console = vm.wait_for(
+        &[
+            "gptprio: no bootable USR partition on hd0",
+            &format!("gptprio: fallback entry, USR-A (hd0,gpt3) PARTUUID={a} updater.fallback=1"),
+        ],
+        Duration::from_secs(240),
+    );
+    drop(vm);
+    assert!(!console.contains("gptprio: booting"), "{console}");
+    assert_eq!(file_hash(&disk), before, "GRUB wrote nothing");
+}
