@@ -8,7 +8,7 @@ use updater::cli::{cycle, install, GlobalArgs};
 /// Exit status: 0 on success, 1 when the operation failed (the one-line message says why) or
 /// `health` rolled the booted slot back, 2 on a usage error.
 #[derive(Parser)]
-#[command(name = "updater", version, help_expected = true)]
+#[command(name = "updater", version, help_expected = true, max_term_width = 80)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,

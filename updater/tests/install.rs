@@ -277,6 +277,7 @@ impl Source for FlakySource {
 fn options() -> InstallOptions {
     InstallOptions {
         allow_downgrade: false,
+        allow_failed: false,
         flip: true,
         tries: 1,
         now: 1_800_000_000,

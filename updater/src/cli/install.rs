@@ -16,6 +16,9 @@ use std::time::Duration;
 /// expiry and size have been checked; the passive slot is then marked unbootable, every chunk
 /// is verified before it is written, the whole slot is read back and verified, and only then
 /// is it flipped to boot next. Run the same command again after an interruption to resume.
+///
+/// Exit status: 0 when installed, 1 when refused or failed (one line says why), 2 on a usage
+/// error.
 #[derive(Args, Debug)]
 pub struct InstallCmd {
     /// Payload file, block device, or http(s) URL.
@@ -24,13 +27,16 @@ pub struct InstallCmd {
     /// Install even if the version is not newer than the booted one.
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Install a version even if it is recorded as failed (see `updater status`).
+    #[arg(long)]
+    pub allow_failed: bool,
     /// Verify and write, but leave the slot unbootable (no GPT flip).
     #[arg(long)]
     pub no_flip: bool,
-    /// Boot attempts the new slot gets before GRUB falls back.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=15))]
-    pub tries: u32,
+    /// Boot attempts the new slot gets before GRUB falls back [default: install.tries of
+    /// the configuration, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub tries: Option<u32>,
     /// Bytes written between durable checkpoints (resume points).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, hide = true)]
     pub checkpoint_bytes: u64,
@@ -87,8 +93,11 @@ impl InstallCmd {
             };
         let opts = InstallOptions {
             allow_downgrade: self.allow_downgrade,
+            allow_failed: self.allow_failed,
             flip: !self.no_flip,
-            tries: self.tries,
+            tries: self
+                .tries
+                .unwrap_or_else(|| u32::from(crate::config::Settings::load(&device.root).tries)),
             now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("reading the clock")?

@@ -61,6 +61,8 @@ impl DeviceSpec {
 pub struct InstallOptions {
     /// Accept a version that is not newer than the booted one.
     pub allow_downgrade: bool,
+    /// Accept a version recorded as failed (DESIGN §6 invariant 7: never automatically).
+    pub allow_failed: bool,
     /// Make the slot the next boot after verification.
     pub flip: bool,
     /// Boot attempts given to the new slot when flipping (1..=15).
@@ -172,6 +174,16 @@ pub enum InstallError {
         payload: String,
         /// Booted version.
         booted: String,
+    },
+    /// The version failed its health checks or never came up before.
+    #[error(
+        "version {version} failed before and is not installed again: {reason} (use --allow-failed)"
+    )]
+    PreviouslyFailed {
+        /// The version.
+        version: String,
+        /// Why it failed.
+        reason: String,
     },
     /// The payload has expired.
     #[error("payload expired at {expires} (Unix time), it is now {now}")]
@@ -452,6 +464,15 @@ pub fn install(
             booted: booted_version,
         });
     }
+    if !opts.allow_failed {
+        let failed = crate::history::History::new(StateDir::under_root(&device.root)).failed()?;
+        if let Some(f) = failed.find(&m.version) {
+            return Err(InstallError::PreviouslyFailed {
+                version: m.version.clone(),
+                reason: f.reason.clone(),
+            });
+        }
+    }
     if let Some(expires) = m.expires {
         if opts.now >= expires {
             return Err(InstallError::Expired {
@@ -591,4 +612,94 @@ pub fn install(
         retries: reader.retries,
         flipped: opts.flip,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bootctl::{Guid, SlotAttrs};
+
+    /// A 64 KiB slot starting 8 KiB into a 128 KiB file.
+    fn setup() -> (tempfile::NamedTempFile, Slot) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(128 << 10).unwrap();
+        let slot = Slot {
+            number: 4,
+            label: "USR-B".into(),
+            partuuid: Guid::NIL,
+            first_lba: 16,
+            last_lba: 16 + 128 - 1,
+            sector_size: 512,
+            attrs: SlotAttrs::default(),
+            attributes: 0,
+        };
+        (f, slot)
+    }
+
+    fn entry(index: u64, data: &[u8]) -> payload::ChunkEntry {
+        payload::ChunkEntry {
+            image_offset: index * 4096,
+            payload_offset: 0,
+            image_len: data.len() as u32,
+            frame_len: 1,
+            sha256: Sha256Digest::of(data),
+        }
+    }
+
+    #[test]
+    fn slot_writer_writes_at_the_slot_offset_and_nowhere_else() {
+        let (f, slot) = setup();
+        let w = SlotWriter::new(f.as_file(), f.path(), &slot);
+        w.write_chunk(0, 4096, &[7u8; 4096]).unwrap();
+        let all = std::fs::read(f.path()).unwrap();
+        assert!(all[..8192 + 4096].iter().all(|&b| b == 0));
+        assert!(all[8192 + 4096..8192 + 8192].iter().all(|&b| b == 7));
+        assert!(all[8192 + 8192..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn slot_writer_refuses_a_chunk_past_the_slot_end() {
+        let (f, slot) = setup();
+        let w = SlotWriter::new(f.as_file(), f.path(), &slot);
+        let err = w.write_chunk(16, 64 << 10, &[1u8; 1]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "writing chunk 16 past the end of slot USR-B of {} at offset {}",
+                f.path().display(),
+                8192 + (64 << 10)
+            )
+        );
+        assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn read_back_finds_one_changed_byte_on_the_slot() {
+        let (f, slot) = setup();
+        let w = SlotWriter::new(f.as_file(), f.path(), &slot);
+        let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i + 1; 4096]).collect();
+        let entries: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64, c))
+            .collect();
+        for (i, c) in chunks.iter().enumerate() {
+            w.write_chunk(i as u32, i as u64 * 4096, c).unwrap();
+        }
+        w.verify(&entries, 2, &mut NoProgress).unwrap();
+        f.as_file()
+            .write_all_at(&[0xff], 8192 + 2 * 4096 + 100)
+            .unwrap();
+        let mut changed = chunks[2].clone();
+        changed[100] = 0xff;
+        let err = w.verify(&entries, 2, &mut NoProgress).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "read-back of slot USR-B: chunk 2 at image offset 8192: SHA-256 is {}, expected {}",
+                Sha256Digest::of(&changed),
+                entries[2].sha256
+            )
+        );
+    }
 }
