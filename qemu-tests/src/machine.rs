@@ -526,6 +526,13 @@ impl Machine {
         Ok(())
     }
 
+    /// Asks the test OS to reboot (ROOT synced and remounted read-only first). The machine
+    /// resets in the same QEMU, so the next [`Machine::wait_booted`] sees the next boot; with
+    /// [`MachineConfig::exit_on_reboot`] QEMU exits instead.
+    pub fn reboot(&mut self) -> Result<()> {
+        self.send_line("0 sync; mount -o remount,ro /; reboot -f")
+    }
+
     /// Waits for QEMU to exit by itself (guest power-off, or reboot with `exit_on_reboot`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// From power-on to the test OS's boot marker; generous, as TCG on a loaded 2-core host is
 /// slow. A hang guard, not a speed check.
-pub const BOOT: Duration = Duration::from_secs(300);
+pub const BOOT: Duration = Duration::from_secs(180);
 /// A command in the guest.
 pub const COMMAND: Duration = Duration::from_secs(60);
 /// From the power-off request to QEMU's exit.
