@@ -353,3 +353,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    /// Every key of the shipped defaults is documented in docs/usage/configuration.md.
+    #[test]
+    fn every_shipped_key_is_documented() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("../docs/usage/configuration.md")).unwrap();
+        let defaults: toml::Table =
+            std::fs::read_to_string(root.join("dist/config.d/00-defaults.toml"))
+                .unwrap()
+                .parse()
+                .unwrap();
+        for (section, keys) in &defaults {
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    doc.contains(&format!("`{section}.{key}`")),
+                    "docs/usage/configuration.md does not document {section}.{key}"
+                );
+            }
+        }
+    }
+}
