@@ -434,7 +434,15 @@ fn read_copy<S: Storage + ?Sized>(
             "usable range {first_usable}..={last_usable} on a disk of {disk_sectors} sectors"
         ));
     }
-    if alternate_lba > last || alternate_lba == my_lba || alternate_lba == 0 {
+    // The primary's alternate is the backup header, after the usable area and the backup
+    // entry array; the backup's alternate is the primary at LBA 1.
+    let alternate_ok = match copy {
+        Copy::Primary => {
+            alternate_lba <= last && alternate_lba > last_usable.saturating_add(array_sectors)
+        }
+        Copy::Backup => alternate_lba == 1,
+    };
+    if !alternate_ok {
         return bad(format!(
             "alternate header LBA {alternate_lba} on a disk of {disk_sectors} sectors"
         ));
@@ -711,6 +719,26 @@ mod tests {
                 device: 512
             })
         ));
+    }
+
+    #[test]
+    fn primary_whose_backup_points_into_the_primary_area_is_invalid() {
+        // Found while writing the GPT fuzz target: a write would put the "backup" over LBA 2.
+        let mut d = fresh(512);
+        let g = read(&mut d, None).unwrap().gpt;
+        let mut h = g.header_sector(Copy::Primary);
+        h[32..40].copy_from_slice(&2u64.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        d.bytes[512..1024].copy_from_slice(&h);
+        let r = read(&mut d, None).unwrap();
+        assert!(
+            matches!(r.primary, Err(CopyError::Lbas { .. })),
+            "{:?}",
+            r.primary
+        );
+        assert!(r.backup.is_ok(), "the backup at the end is still found");
     }
 
     #[test]
