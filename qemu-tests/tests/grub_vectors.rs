@@ -513,36 +513,58 @@ fn image_tools_disk(
     (dir.join("disk.img"), report)
 }
 
-/// Boots GRUB from an image-tools disk with B at P2 T1 S0 and A at P1 T0 S1; GRUB must choose
-/// B, say so on the console, and leave B at P2 T0 S0 on the disk.
-fn boots_b_and_decrements(uefi: bool, sector_size: u32) {
+/// Boots GRUB from a fresh image-tools disk after `prepare` changed it, until every pattern
+/// `expect` makes from the disk's report is on the console. Returns the scratch directory
+/// (removed on drop), the disk, the console, and whether the disk bytes stayed the same.
+fn grub_boot(
+    uefi: bool,
+    sector_size: u32,
+    prepare: impl FnOnce(&Path),
+    expect: impl FnOnce(&image_tools::disk::DiskReport) -> Vec<String>,
+) -> (tempfile::TempDir, PathBuf, String, bool) {
     let grub = grub();
     let dir = tempfile::tempdir().unwrap();
     let (disk, report) = image_tools_disk(dir.path(), &grub, sector_size);
-    {
-        let mut d = bootctl::SlotDisk::open(&disk, true, Some(sector_size)).unwrap();
-        d.set_next(&bootctl::SlotId::B, 1).unwrap();
-    }
-    let b = report.partuuid(4).unwrap();
+    prepare(&disk);
+    let before = file_hash(&disk);
+    let patterns = expect(&report);
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let mut vm = Vm::start(dir.path(), &disk, uefi, sector_size);
-    vm.wait_for(
-        &[&format!("gptprio: booting hd0,gpt4 PARTUUID={b}")],
-        Duration::from_secs(240),
-    );
+    let console = vm.wait_for(&refs, Duration::from_secs(240));
     drop(vm);
+    let unchanged = file_hash(&disk) == before;
+    (dir, disk, console, unchanged)
+}
+
+fn set_next_b(disk: &Path, sector_size: u32) {
+    let mut d = bootctl::SlotDisk::open(disk, true, Some(sector_size)).unwrap();
+    d.set_next(&bootctl::SlotId::B, 1).unwrap();
+}
+
+/// With B at P2 T1 S0 and A at P1 T0 S1, GRUB must choose B, say so on the console, and leave
+/// B at P2 T0 S0 on the disk, both copies valid.
+fn boots_b_and_decrements(uefi: bool, sector_size: u32) {
+    let (_dir, disk, _, _) = grub_boot(
+        uefi,
+        sector_size,
+        |d| set_next_b(d, sector_size),
+        |r| {
+            vec![format!(
+                "gptprio: booting hd0,gpt4 PARTUUID={}",
+                r.partuuid(4).unwrap()
+            )]
+        },
+    );
     let t = read_table(&disk, sector_size);
     assert!(t.primary.is_ok() && t.backup.is_ok() && t.copies_match);
-    let b_now = SlotAttrs::decode(t.gpt.entry(4).attributes);
+    let b = SlotAttrs::decode(t.gpt.entry(4).attributes);
     assert_eq!(
-        (b_now.priority, b_now.tries, b_now.successful),
+        (b.priority, b.tries, b.successful),
         (2, 0, false),
         "GRUB used B's try"
     );
-    let a_now = SlotAttrs::decode(t.gpt.entry(3).attributes);
-    assert_eq!(
-        (a_now.priority, a_now.tries, a_now.successful),
-        (1, 0, true)
-    );
+    let a = SlotAttrs::decode(t.gpt.entry(3).attributes);
+    assert_eq!((a.priority, a.tries, a.successful), (1, 0, true));
 }
 
 #[test]
@@ -560,26 +582,53 @@ fn bios_grub_from_an_image_tools_disk_boots_b_and_uses_its_try() {
     boots_b_and_decrements(false, 512);
 }
 
-#[test]
-fn nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
-    let grub = grub();
-    let dir = tempfile::tempdir().unwrap();
-    let (disk, report) = image_tools_disk(dir.path(), &grub, 512);
-    {
-        let mut d = bootctl::SlotDisk::open(&disk, true, Some(512)).unwrap();
-        d.mark_bad(&bootctl::SlotId::A).unwrap();
-    }
-    let before = file_hash(&disk);
-    let a = report.partuuid(3).unwrap();
-    let mut vm = Vm::start(dir.path(), &disk, true, 512);
-    let console = vm.wait_for(
-        &[
-            "gptprio: no bootable USR partition on hd0",
-            &format!("gptprio: fallback entry, USR-A (hd0,gpt3) PARTUUID={a} updater.fallback=1"),
-        ],
-        Duration::from_secs(240),
+/// With A marked bad and B empty, GRUB must print why, run the fallback entry (USR-A,
+/// updater.fallback=1) without a key press, and write nothing.
+fn nothing_bootable_runs_the_fallback(uefi: bool) {
+    let (_dir, _, console, unchanged) = grub_boot(
+        uefi,
+        512,
+        |d| {
+            let mut d = bootctl::SlotDisk::open(d, true, Some(512)).unwrap();
+            d.mark_bad(&bootctl::SlotId::A).unwrap();
+        },
+        |r| {
+            vec![
+                "gptprio: no bootable USR partition on hd0".into(),
+                "gptprio: fallback entry USR-A (hd0,gpt3), updater.fallback=1".into(),
+                format!("gptprio: fallback PARTUUID={}", r.partuuid(3).unwrap()),
+            ]
+        },
     );
-    drop(vm);
     assert!(!console.contains("gptprio: booting"), "{console}");
-    assert_eq!(file_hash(&disk), before, "GRUB wrote nothing");
+    assert!(unchanged, "GRUB wrote nothing");
+}
+
+#[test]
+fn uefi_nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
+    nothing_bootable_runs_the_fallback(true);
+}
+
+#[test]
+fn bios_nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
+    nothing_bootable_runs_the_fallback(false);
+}
+
+#[test]
+fn uefi_4096_with_the_primary_header_zeroed_boots_b_by_the_backup_and_writes_nothing() {
+    let (_dir, _, _, unchanged) = grub_boot(
+        true,
+        4096,
+        |d| {
+            set_next_b(d, 4096);
+            overwrite(d, 4096, &[0u8; 4096]);
+        },
+        |r| {
+            vec![format!(
+                "gptprio: booting hd0,gpt4 PARTUUID={}",
+                r.partuuid(4).unwrap()
+            )]
+        },
+    );
+    assert!(unchanged, "a copy is invalid: GRUB must not write");
 }
