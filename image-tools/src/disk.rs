@@ -498,17 +498,19 @@ fn parse_sector_size(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Shown after `image-tools disk --help`.
+const DISK_EXAMPLE: &str = "Example:
+  image-tools disk --usr usr.img -o disk.img --usr-size 512M \\
+    --grub-dir \"$(grub-patches/build.sh | tail -n1)\"";
+
 /// Assemble a bootable GPT disk image (ESP+GRUB, BIOS-BOOT, USR-A, USR-B, OEM, ROOT).
 ///
 /// USR-A gets the /usr image at priority 1, tries 0, successful 1; USR-B stays empty at
 /// priority 0. GRUB (with gptprio) boots it on UEFI and, with 512-byte sectors, on BIOS.
 /// Disk and partition GUIDs are fresh and random on every run. Needs mkfs.vfat, mtools and
 /// mkfs.ext4; no root privileges.
-///
-/// Example:
-///   image-tools disk --usr usr.img -o disk.img --usr-size 512M \
-///     --grub-dir "$(grub-patches/build.sh | tail -n1)"
 #[derive(Args, Debug)]
+#[command(after_long_help = DISK_EXAMPLE)]
 pub struct DiskCmd {
     /// The /usr filesystem image (squashfs or ext4) to put into USR-A.
     #[arg(long, value_name = "USR.IMG")]
