@@ -408,6 +408,32 @@ fn gptprio_reads_the_backup_and_writes_only_when_both_copies_validate() {
     }
 }
 
+#[test]
+fn gptprio_defaults_to_the_disk_of_root_and_requires_both_variables() {
+    let grub = grub();
+    let dir = tempfile::tempdir().unwrap();
+    let (d0, d1) = (dir.path().join("d0.img"), dir.path().join("d1.img"));
+    make_disk(&d0, &[(3, attrs(1, 0, true)), (4, 0)]);
+    let t1 = make_disk(&d1, &[(3, attrs(1, 0, true)), (4, attrs(2, 0, true))]);
+    let script = "\
+        set root=hd1,gpt1\n\
+        if gptprio.next -d dev -u uuid; then echo \"ROOTDISK $dev $uuid\"; fi\n\
+        if gptprio.next -d dev hd0; then echo NO-U-ACCEPTED; else echo NO-U-REFUSED; fi\n\
+        if gptprio.next -u uuid hd0; then echo NO-D-ACCEPTED; else echo NO-D-REFUSED; fi\n\
+        if gptprio.next -d dev -u uuid hd9; then echo NO-DISK-ACCEPTED; else echo NO-DISK-REFUSED; fi\n\
+        if gptprio.next -d dev -u uuid (hd0,gpt2); then echo \"PARTNAME $dev\"; fi\n";
+    let out = Emu::new(&grub).run(&[&d0, &d1], script).unwrap();
+    let b = t1.entry(4).unique_guid.to_string().to_lowercase();
+    assert!(out.contains(&format!("ROOTDISK hd1,gpt4 {b}")), "{out}");
+    for refused in ["NO-U-REFUSED", "NO-D-REFUSED", "NO-DISK-REFUSED"] {
+        assert!(out.contains(refused), "{refused}: {out}");
+    }
+    assert!(
+        out.contains("PARTNAME hd0,gpt3"),
+        "a partition names its disk: {out}"
+    );
+}
+
 // --- Real firmware -------------------------------------------------------------------------
 
 /// A QEMU (TCG) machine whose serial console goes to a file; killed on drop.
