@@ -38,7 +38,8 @@ as_root() {
 }
 
 has_source() {
-  apt-cache showsrc --only-source grub2 2>/dev/null | grep -q '^Version:'
+  # No grep -q: it would stop reading early and fail the pipeline (pipefail) by SIGPIPE.
+  apt-cache showsrc --only-source grub2 2>/dev/null | grep '^Version:' >/dev/null
 }
 
 # apt-get source needs a deb-src entry; add one for bookworm main when none is configured.
