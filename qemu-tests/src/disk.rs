@@ -1,8 +1,8 @@
 //! Disk images for the scenarios: assembling them, writing a /usr image into a slot, and
 //! reading or setting slot attributes through `bootctl`.
 //!
-//! [`assemble`] runs `image-tools disk` (its library, through the same argument parser as the
-//! binary). [`dev_disk`] lays out a minimal GPT with `sgdisk` and `mkfs.ext4 -E offset=` for
+//! [`bootable`] assembles a disk with `image-tools disk`'s library and the GRUB of
+//! [`crate::grub::artifacts`]. [`dev_disk`] lays out a minimal GPT with `sgdisk` and `mkfs.ext4 -E offset=` for
 //! booting the test OS straight from QEMU's `-kernel`, which exercises the initramfs without
 //! GRUB. Slot helpers go through `bootctl`'s library so the harness reads and writes attributes
 //! exactly as the device does.
@@ -16,33 +16,99 @@
 //! ```
 use crate::error::{Error, IoContext, Result};
 use bootctl::{gpt, SlotAttrs, SlotDisk, SlotId};
-use clap::Parser;
+use image_tools::disk::{DiskReport, DiskSpec, GrubFiles};
+use sha2::{Digest, Sha256};
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-/// The `image-tools disk` arguments, parsed by its own clap definition.
-#[derive(Parser)]
-struct DiskArgs {
-    #[command(flatten)]
-    cmd: image_tools::disk::DiskCmd,
+/// Size of each USR partition in the scenarios' disks (the test OS /usr is about 20 MiB).
+pub const USR_SIZE: u64 = 64 << 20;
+/// Size of ROOT in the scenarios' disks.
+pub const ROOT_SIZE: u64 = 64 << 20;
+
+/// The `image-tools disk` spec for a disk at `out` with `usr` in USR-A, GRUB from
+/// [`crate::grub::artifacts`] (built on first use), [`USR_SIZE`], [`ROOT_SIZE`], 512-byte
+/// sectors; adjust and pass to [`assemble`].
+pub fn spec(usr: &Path, out: &Path) -> Result<DiskSpec> {
+    let grub = crate::grub::artifacts().map_err(|e| Error::Invalid(format!("{e}")))?;
+    let files = GrubFiles::from_dir(&grub.dir).map_err(|e| {
+        Error::Invalid(format!("finding GRUB files in {}: {e}", grub.dir.display()))
+    })?;
+    let mut spec = DiskSpec::new(usr.to_owned(), out.to_owned(), files);
+    spec.usr_size = USR_SIZE;
+    spec.root_size = ROOT_SIZE;
+    Ok(spec)
 }
 
-/// Runs `image-tools disk ARGS…` in-process (e.g. `["--usr", "usr.img", "-o", "disk.img"]`).
-pub fn assemble(args: &[&str]) -> Result<()> {
-    let parsed = DiskArgs::try_parse_from(std::iter::once("disk").chain(args.iter().copied()))
-        .map_err(|e| {
+/// Assembles a bootable disk (`image-tools disk`'s library).
+pub fn assemble(spec: &DiskSpec) -> Result<DiskReport> {
+    image_tools::disk::assemble(spec)
+        .map_err(|e| Error::Invalid(format!("assembling disk {}: {e}", spec.output.display())))
+}
+
+/// A bootable disk at `out` with `usr` in USR-A and `sector_size`-byte sectors.
+pub fn bootable(usr: &Path, out: &Path, sector_size: u32) -> Result<DiskReport> {
+    let mut s = spec(usr, out)?;
+    s.sector_size = sector_size;
+    assemble(&s)
+}
+
+/// The byte range (offset, length) of the partition labelled `label`.
+pub fn partition_range(report: &DiskReport, label: &str) -> Result<(u64, u64)> {
+    report
+        .partitions
+        .iter()
+        .find(|p| p.1 == label)
+        .map(|p| (p.3, p.4))
+        .ok_or_else(|| {
             Error::Invalid(format!(
-                "image-tools disk {}: {}",
-                args.join(" "),
-                e.to_string().trim()
+                "{} has no partition {label}",
+                report.path.display()
             ))
-        })?;
-    parsed
-        .cmd
-        .run()
-        .map_err(|e| Error::Invalid(format!("image-tools disk {}: {e:#}", args.join(" "))))
+        })
+}
+
+/// SHA-256 of the disk's bytes outside `skip` (offset, length) ranges, e.g. outside ROOT,
+/// which the booted OS mounts read-write.
+pub fn hash_outside(disk: &Path, skip: &[(u64, u64)]) -> Result<[u8; 32]> {
+    let mut f = fs::File::open(disk).ctx("opening", disk)?;
+    let len = f.metadata().ctx("reading size of", disk)?.len();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        if let Some(&(off, n)) = skip.iter().find(|&&(off, n)| pos >= off && pos < off + n) {
+            pos = off + n;
+            continue;
+        }
+        let next_skip = skip
+            .iter()
+            .map(|&(off, _)| off)
+            .filter(|&off| off > pos)
+            .min()
+            .unwrap_or(len);
+        let want = (next_skip.min(len) - pos).min(buf.len() as u64) as usize;
+        f.seek(SeekFrom::Start(pos)).ctx("seeking in", disk)?;
+        f.read_exact(&mut buf[..want])
+            .ctx(&format!("reading at offset {pos} of"), disk)?;
+        hasher.update(&buf[..want]);
+        pos += want as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Overwrites the primary GPT header (LBA 1) with zeros.
+pub fn zero_primary_header(disk: &Path, sector_size: u32) -> Result<()> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .ctx("opening", disk)?;
+    f.write_all_at(&vec![0u8; sector_size as usize], u64::from(sector_size))
+        .ctx("zeroing the primary GPT header of", disk)?;
+    f.sync_all().ctx("syncing", disk)
 }
 
 fn bootctl_err(action: &str, path: &Path) -> impl FnOnce(bootctl::Error) -> Error {
