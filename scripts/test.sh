@@ -16,3 +16,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+echo "== fuzz smoke (scripts/fuzz.sh short)"
+./scripts/fuzz.sh short
