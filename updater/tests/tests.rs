@@ -2,5 +2,6 @@
 mod cycle;
 mod http;
 mod install;
+mod netfaults;
 mod payload;
 mod util;
