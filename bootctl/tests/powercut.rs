@@ -54,6 +54,9 @@ fn view(disk: &MemDisk) -> (Vec<SlotAttrs>, Option<u32>) {
     (slots, d.select(false).unwrap().map(|s| s.slot.number))
 }
 
+/// Crash states checked by this test binary (printed per sweep for docs/reliability.md).
+static CHECKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn check_state(
     name: &str,
     what: &str,
@@ -61,6 +64,7 @@ fn check_state(
     old: &(Vec<SlotAttrs>, Option<u32>),
     new: &(Vec<SlotAttrs>, Option<u32>),
 ) {
+    CHECKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let seen = view(disk);
     assert!(
         &seen == old || &seen == new,
@@ -133,6 +137,7 @@ fn sweep(name: &str, start: MemDisk, operation: impl Fn(&mut SlotDisk<RecordingD
     }
     assert_eq!(view(&disk), new);
 
+    let checked_before_subsets = CHECKED.load(std::sync::atomic::Ordering::Relaxed);
     // Between two flushes the disk may persist any subset of the writes, in any order.
     let epochs: Vec<&[Op]> = rec.ops.split(|o| matches!(o, Op::Flush)).collect();
     let mut base = start.clone();
@@ -158,6 +163,12 @@ fn sweep(name: &str, start: MemDisk, operation: impl Fn(&mut SlotDisk<RecordingD
         }
         epoch.iter().for_each(|op| apply(&mut base, op));
     }
+    let n = rec
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::Write { .. }))
+        .count();
+    eprintln!("powercut: {name}: {n} sector writes, crash states checked so far {} (random subsets from {checked_before_subsets})", CHECKED.load(std::sync::atomic::Ordering::Relaxed));
 }
 
 /// A disk just big enough for a GPT and two 4-sector usr slots, so that replaying hundreds of
