@@ -149,7 +149,7 @@ fn sweep(name: &str, start: MemDisk, operation: impl Fn(&mut SlotDisk<RecordingD
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                if seed % 2 == 0 {
+                if seed & 1 == 0 {
                     apply(&mut disk, op);
                 }
             }
