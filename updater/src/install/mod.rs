@@ -292,7 +292,22 @@ impl<'a> SlotWriter<'a> {
         }
         self.file
             .write_all_at(data, at)
-            .map_err(self.io_err(format!("writing chunk {index} to"), at))
+            .map_err(self.io_err(format!("writing chunk {index} to"), at))?;
+        // Start writing the chunk out now (DONTNEED on dirty pages starts asynchronous
+        // writeback), so the device works while later chunks decode and the final fsync only
+        // waits for the tail; it also keeps the page cache from filling with the image.
+        self.advise_dontneed(at, data.len() as u64);
+        Ok(())
+    }
+
+    fn advise_dontneed(&self, at: u64, len: u64) {
+        // Advisory: failure only costs speed, or lets a read-back come from the page cache.
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            at as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
     }
 
     /// Flushes written data to the device.
@@ -302,15 +317,10 @@ impl<'a> SlotWriter<'a> {
             .map_err(self.io_err("syncing".into(), self.slot.byte_offset()))
     }
 
-    /// Drops the slot's cached pages so a read-back comes from the device.
+    /// Drops the slot's cached (and, after [`Self::sync`], clean) pages so a read-back comes
+    /// from the device.
     fn drop_cache(&self) {
-        // Advisory: failure only means the read-back may be served from the page cache.
-        let _ = nix::fcntl::posix_fadvise(
-            self.file.as_raw_fd(),
-            self.slot.byte_offset() as i64,
-            self.slot.byte_len() as i64,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
+        self.advise_dontneed(self.slot.byte_offset(), self.slot.byte_len());
     }
 
     /// Reads every chunk of the image back from the slot on `threads` threads and checks it
@@ -535,13 +545,18 @@ pub fn install(
         })?;
     let writer = SlotWriter::new(&file, &device.disk, &target);
     let entries = &prelude.chunks.entries;
-    let resume_offset = entries[start as usize].payload_offset;
+    // A crash after the last checkpoint leaves nothing to stream: resume at the payload end
+    // and go on to the read-back (found by the crash-point sweep, tests/crashpoints.rs).
+    let (resume_offset, resume_image_offset) = match entries.get(start as usize) {
+        Some(e) => (e.payload_offset, e.image_offset),
+        None => (prelude.chunks.payload_end(), m.image_size),
+    };
     reader
         .seek_to(resume_offset)
         .map_err(read_err(resume_offset))?;
     progress.phase("writing", m.image_size);
     let mut since_checkpoint = 0u64;
-    let mut done = entries[start as usize].image_offset;
+    let mut done = resume_image_offset;
     progress.advance(done);
     let mut sink = |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
         writer.write_chunk(index, e.image_offset, data)?;

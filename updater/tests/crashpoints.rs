@@ -1,0 +1,251 @@
+//! Crash-point sweep (issue 6): an install, a flip, a commit and a rollback run with a shim
+//! (`tests/crashsim/crashsim.c`, LD_PRELOAD) that kills the updater just before its N-th write,
+//! flush or rename and loses every disk write not yet flushed, for every N. After each crash:
+//! GRUB's rule picks the old slot or a slot whose every byte is the signed image, both GPT copies
+//! validate after repair, every state file parses, and rerunning the operation finishes it.
+use crate::util::{self, Device};
+use bootctl::{SlotDisk, SlotId};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Builds the shim once per test process.
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("crashsim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("libcrashsim.so");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crashsim/crashsim.c");
+        let st = Command::new("cc")
+            .args(["-O2", "-shared", "-fPIC", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(["-ldl", "-lpthread"])
+            .status()
+            .expect("running cc");
+        assert!(st.success(), "building the crash shim");
+        out
+    })
+}
+
+/// Runs `updater ARGS` on `dev` booted from `booted`, crashing before operation `crash_at`
+/// (0: never). Returns the output and how many operations the run did.
+fn run<S: AsRef<std::ffi::OsStr>>(
+    dev: &Device,
+    booted: &str,
+    args: &[S],
+    crash_at: usize,
+) -> (Output, usize) {
+    let count = dev.path("ops.count");
+    let _ = std::fs::remove_file(&count);
+    let out = Command::new(env!("CARGO_BIN_EXE_updater"))
+        .env("LD_PRELOAD", shim())
+        .env("CRASH_AT", crash_at.to_string())
+        .env("CRASH_COUNT_FILE", &count)
+        .env("CRASH_DISK_SUFFIX", "/disk.img")
+        .arg("--disk")
+        .arg(dev.disk())
+        .arg("--root")
+        .arg(dev.root())
+        .args(["--booted", booted])
+        .args(args)
+        .output()
+        .unwrap();
+    let ops = std::fs::read_to_string(&count)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (out, ops)
+}
+
+fn killed(out: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9)
+}
+
+/// The invariants after a crash (DESIGN §6 invariants 1–3).
+fn check_after_crash(dev: &Device, what: &str, a_image: &[u8], images: &[&[u8]]) {
+    let mut disk = SlotDisk::open(&dev.disk(), true, None)
+        .unwrap_or_else(|e| panic!("{what}: no GPT copy validates: {e}"));
+    let chosen = disk
+        .select(false)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{what}: nothing bootable"))
+        .slot;
+    let bytes = dev.slot_bytes(&SlotId::Number(chosen.number));
+    if chosen.label == "USR-A" {
+        assert!(bytes == a_image, "{what}: the booted slot A changed");
+    } else {
+        assert!(
+            images.iter().any(|img| bytes[..img.len()] == **img),
+            "{what}: GRUB would boot {} whose bytes are not a signed image",
+            chosen.label
+        );
+    }
+    disk.repair().unwrap();
+    let s = disk.state();
+    assert!(
+        s.primary.is_ok() && s.backup.is_ok() && s.copies_match,
+        "{what}: repair left {s:?}"
+    );
+    let state = dev.root().join("var/lib/updater");
+    for e in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let text = std::fs::read(&p).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&text)
+                .unwrap_or_else(|err| panic!("{what}: {} does not parse: {err}", p.display()));
+        }
+    }
+}
+
+/// Sweeps every crash point of `args` run on a device prepared by `prepare`; `finish` checks
+/// the result of the rerun.
+fn sweep(
+    name: &str,
+    booted: &str,
+    image: &[u8],
+    args: impl Fn(&Device) -> Vec<String>,
+    prepare: impl Fn(&Device),
+    finish: impl Fn(&Device),
+) -> usize {
+    let probe = Device::new();
+    prepare(&probe);
+    let (out, total) = run(&probe, booted, &args(&probe), 0);
+    assert!(
+        out.status.success(),
+        "{name}: the uncrashed run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    finish(&probe);
+    assert!(
+        total > 3,
+        "{name}: only {total} operations seen: is the shim loaded?"
+    );
+    for n in 1..=total {
+        let dev = Device::new();
+        prepare(&dev);
+        let a_image = dev.slot_bytes(&SlotId::A);
+        let (out, _) = run(&dev, booted, &args(&dev), n);
+        assert!(
+            killed(&out),
+            "{name}: crash point {n}/{total} did not crash: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_after_crash(
+            &dev,
+            &format!("{name}, crash before op {n}/{total}"),
+            &a_image,
+            &[&image],
+        );
+        let (out, _) = run(&dev, booted, &args(&dev), 0);
+        assert!(
+            out.status.success(),
+            "{name}: rerun after crash {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        finish(&dev);
+    }
+    eprintln!("crashpoints: {name}: {total} crash points swept");
+    total
+}
+
+fn payload(dev: &Device) -> String {
+    dev.payload("p", &util::good_parts().assemble(&[util::test_key()]))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// 32 chunks of 4 KiB: with a checkpoint every 16 KiB, every phase of an install has crash
+/// points (prelude, chunk writes, checkpoints, read-back, mark-bad, flip, state).
+fn big_image() -> Vec<u8> {
+    util::image_bytes(32 * 4096, 5)
+}
+
+#[test]
+fn install_and_flip_survive_a_crash_at_every_write_and_flush() {
+    let image = big_image();
+    let n = sweep(
+        "install",
+        "A",
+        &image,
+        |dev| {
+            vec![
+                "install".into(),
+                "--checkpoint-bytes".into(),
+                "16384".into(),
+                dev.path("big").to_str().unwrap().to_string(),
+            ]
+        },
+        |dev| {
+            dev.payload(
+                "big",
+                &util::parts(&big_image(), "2.0").assemble(&[util::test_key()]),
+            );
+        },
+        |dev| {
+            let image = big_image();
+            assert!(
+                dev.slot_bytes(&SlotId::B)[..image.len()] == image[..],
+                "slot B does not hold the image"
+            );
+            assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
+        },
+    );
+    assert!(n > 40, "{n} crash points");
+}
+
+/// What the reboot does after an install: GRUB boots B and uses its one try.
+fn booted_into_new_slot(dev: &Device) {
+    let p = payload(dev);
+    let (out, _) = run(dev, "A", &["install", p.as_str()], 0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SlotDisk::open(&dev.disk(), true, None)
+        .unwrap()
+        .select(true)
+        .unwrap();
+    dev.write_root_file(
+        "usr/lib/os-release",
+        "IMAGE_ID=testbox\nIMAGE_VERSION=2.0\n",
+    );
+}
+
+#[test]
+fn commit_survives_a_crash_at_every_write_and_flush() {
+    sweep(
+        "commit (updater health)",
+        "B",
+        &util::good_image(),
+        |_| vec!["health".into(), "--no-reboot".into()],
+        booted_into_new_slot,
+        |dev| {
+            let b = dev.slot(&SlotId::B).attrs;
+            assert!(b.successful && b.tries == 0, "B not committed: {b}");
+        },
+    );
+}
+
+#[test]
+fn rollback_survives_a_crash_at_every_write_and_flush() {
+    sweep(
+        "rollback",
+        "B",
+        &util::good_image(),
+        |_| vec!["rollback".into(), "--no-reboot".into()],
+        |dev| {
+            booted_into_new_slot(dev);
+            let (out, _) = run(dev, "B", &["health", "--no-reboot"], 0);
+            assert!(out.status.success());
+        },
+        |dev| {
+            let mut d = SlotDisk::open(&dev.disk(), false, None).unwrap();
+            assert_eq!(d.select(false).unwrap().unwrap().slot.label, "USR-A");
+        },
+    );
+}
