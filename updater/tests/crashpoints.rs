@@ -137,7 +137,7 @@ fn sweep(
             &dev,
             &format!("{name}, crash before op {n}/{total}"),
             &a_image,
-            &[&image],
+            &[image],
         );
         let (out, _) = run(&dev, booted, &args(&dev), 0);
         assert!(
