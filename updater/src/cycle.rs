@@ -212,6 +212,22 @@ impl Cycle {
             .context("recording a failed version")
     }
 
+    /// Records the running version as failed for an operator's reason.
+    fn record_booted_failed(
+        &self,
+        booted: &Slot,
+        reason: &str,
+        keep_earlier: bool,
+    ) -> anyhow::Result<()> {
+        let f = FailedVersion {
+            version: self.booted_version(),
+            slot: slot_name(booted),
+            reason: reason.into(),
+            ..Default::default()
+        };
+        self.record_failed(f, keep_earlier)
+    }
+
     /// Reboots if the strategy allows (see the module doc).
     pub fn reboot(&self, no_reboot: bool) -> anyhow::Result<RebootAction> {
         if no_reboot {
@@ -360,14 +376,9 @@ impl Cycle {
             bail!("slot {} holds no committed or freshly verified image: refusing to make it bootable", slot_name(&other));
         }
         if !booted.attrs.successful {
-            let reason = "rolled back by the operator before it was committed".to_string();
-            self.record_failed(
-                FailedVersion {
-                    version: self.booted_version(),
-                    slot: slot_name(&booted),
-                    reason,
-                    ..Default::default()
-                },
+            self.record_booted_failed(
+                &booted,
+                "rolled back by the operator before it was committed",
                 true,
             )?;
             self.clear_pending_for(&booted)?;
@@ -396,16 +407,7 @@ impl Cycle {
                 slot_name(&booted)
             );
         }
-        let reason = "marked bad by the operator".to_string();
-        self.record_failed(
-            FailedVersion {
-                version: self.booted_version(),
-                slot: slot_name(&booted),
-                reason,
-                ..Default::default()
-            },
-            false,
-        )?;
+        self.record_booted_failed(&booted, "marked bad by the operator", false)?;
         disk.mark_bad(&self.dev.booted)?;
         self.clear_pending_for(&booted)?;
         self.reboot(no_reboot)
