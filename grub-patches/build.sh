@@ -25,7 +25,9 @@ cache_root=${1:-${AB_GRUB_CACHE:-/var/cache/ab-updater/grub}}
 jobs=${AB_GRUB_JOBS:-2}
 
 # Modules built into the images. gptprio pulls in disk (for grub_disk_write) and extcmd.
-common_modules="gptprio part_gpt fat ext2 squash4 normal linux echo test serial terminal
+# part_gpt is listed before gptprio so that gptprio's backup "gpt" partition map is registered
+# after it and asked first (it declines whenever the primary GPT validates).
+common_modules="part_gpt gptprio fat ext2 squash4 normal linux echo test serial terminal
   configfile regexp probe halt reboot sleep cat ls search search_fs_uuid"
 efi_modules="$common_modules efi_gop efi_uga"
 pc_modules="$common_modules biosdisk part_msdos"

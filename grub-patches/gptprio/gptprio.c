@@ -36,6 +36,14 @@
  *
  * DEVVAR receives the GRUB device of the winner (e.g. "hd0,gpt4"), UUIDVAR
  * its unique partition GUID in lower-case text form.
+ *
+ * The module also registers a second partition map named "gpt" that lists
+ * partitions from the backup copy, and only when the primary copy does not
+ * validate and the backup does.  GRUB 2.06's own part_gpt reads the primary
+ * copy only; when it fails (e.g. a zeroed primary header) grub_partition_probe
+ * tries the next map of the same name, so "(hd0,gpt4)" still resolves and the
+ * disk boots by its backup copy.  With a valid primary this map declines and
+ * part_gpt does the work as before.
  */
 
 #include <grub/types.h>
@@ -44,6 +52,7 @@
 #include <grub/err.h>
 #include <grub/dl.h>
 #include <grub/disk.h>
+#include <grub/partition.h>
 #include <grub/env.h>
 #include <grub/extcmd.h>
 #include <grub/i18n.h>
@@ -107,20 +116,27 @@ struct gpt_copy
   int valid;
 };
 
-/* CRC-32 (IEEE 802.3, reflected, as used by GPT).  */
+/* CRC-32 (IEEE 802.3, reflected, as used by GPT), table computed on first use.  */
+static grub_uint32_t crc_table[256];
+
 static grub_uint32_t
 gptprio_crc32 (const grub_uint8_t *buf, grub_size_t len)
 {
   grub_uint32_t crc = 0xffffffff;
   grub_size_t i;
-  int bit;
 
+  if (crc_table[1] == 0)
+    for (i = 0; i < 256; i++)
+      {
+	grub_uint32_t c = (grub_uint32_t) i;
+	int bit;
+
+	for (bit = 0; bit < 8; bit++)
+	  c = (c >> 1) ^ (0xedb88320 & (-(c & 1)));
+	crc_table[i] = c;
+      }
   for (i = 0; i < len; i++)
-    {
-      crc ^= buf[i];
-      for (bit = 0; bit < 8; bit++)
-	crc = (crc >> 1) ^ (0xedb88320 & (-(crc & 1)));
-    }
+    crc = (crc >> 8) ^ crc_table[(crc ^ buf[i]) & 0xff];
   return crc ^ 0xffffffff;
 }
 
@@ -293,6 +309,18 @@ copy_write (grub_disk_t disk, struct gpt_copy *c, const grub_uint8_t *entries)
 			  0, secsize, c->header);
 }
 
+/* Size of DISK (or of the partition it is opened on) in logical sectors;
+   grub_disk_native_sectors counts 512-byte units.  */
+static grub_uint64_t
+logical_sectors (grub_disk_t disk)
+{
+  grub_uint64_t n = grub_disk_native_sectors (disk);
+
+  if (n == GRUB_DISK_SIZE_UNKNOWN)
+    return n;
+  return n >> (disk->log_sector_size - GRUB_DISK_SECTOR_BITS);
+}
+
 /* Returns a freshly allocated disk name from ARG or from $root.  */
 static char *
 disk_name (int argc, char **args)
@@ -371,8 +399,7 @@ grub_cmd_next (grub_extcmd_context_t ctxt, int argc, char **args)
       goto out;
     }
 
-  /* In logical sectors (grub_disk_native_sectors counts 512-byte units).  */
-  total = disk->total_sectors;
+  total = logical_sectors (disk);
   if (total == GRUB_DISK_SIZE_UNKNOWN || total < 3)
     {
       err = grub_error (GRUB_ERR_BAD_DEVICE, N_("%s: disk size unknown"),
@@ -476,10 +503,82 @@ out:
   return err;
 }
 
+static struct grub_partition_map backup_partition_map;
+
+/* Lists the partitions of the backup copy when only the backup validates.  */
+static grub_err_t
+backup_iterate (grub_disk_t disk, grub_partition_iterate_hook_t hook,
+		void *hook_data)
+{
+  struct gpt_copy primary = { .what = "primary" };
+  struct gpt_copy backup = { .what = "backup" };
+  struct grub_partition part;
+  grub_uint64_t total = logical_sectors (disk);
+  unsigned shift = disk->log_sector_size - GRUB_DISK_SECTOR_BITS;
+  grub_err_t err;
+  grub_uint32_t i;
+
+  if (disk->log_sector_size < GRUB_DISK_SECTOR_BITS
+      || disk->log_sector_size > 12
+      || total == GRUB_DISK_SIZE_UNKNOWN || total < 3)
+    return grub_error (GRUB_ERR_BAD_PART_TABLE, "gptprio: no backup GPT");
+
+  err = copy_read (disk, &primary, 1, total - 1, total, 1);
+  if (!err && primary.valid)
+    err = grub_error (GRUB_ERR_BAD_PART_TABLE,
+		      "gptprio: primary GPT valid, left to part_gpt");
+  if (!err)
+    err = copy_read (disk, &backup, total - 1, 1, total, 0);
+  if (!err && !backup.valid)
+    err = grub_error (GRUB_ERR_BAD_PART_TABLE, "gptprio: no valid GPT copy");
+  if (err)
+    goto out;
+
+  grub_dprintf ("gptprio", "partitions from the backup GPT\n");
+  for (i = 0; i < backup.num_entries; i++)
+    {
+      const grub_uint8_t *ent = backup.entries
+	+ (grub_size_t) i * backup.entry_size;
+      grub_size_t at = (grub_size_t) i * backup.entry_size;
+      grub_uint64_t first = get64 (ent + 32), last = get64 (ent + 40);
+      int used = 0, k;
+
+      for (k = 0; k < 16; k++)
+	used |= ent[ENT_TYPE + k];
+      if (!used || last < first)
+	continue;
+      part.start = first << shift;
+      part.len = (last - first + 1) << shift;
+      part.offset = grub_disk_from_native_sector (disk, backup.entries_lba)
+	+ at / GRUB_DISK_SECTOR_SIZE;
+      part.index = at % GRUB_DISK_SECTOR_SIZE;
+      part.number = i;
+      part.partmap = &backup_partition_map;
+      part.parent = disk->partition;
+      part.msdostype = 0;
+      if (hook (disk, &part, hook_data))
+	{
+	  err = grub_errno;
+	  break;
+	}
+    }
+
+out:
+  copy_free (&primary);
+  copy_free (&backup);
+  return err;
+}
+
+static struct grub_partition_map backup_partition_map = {
+  .name = "gpt",
+  .iterate = backup_iterate,
+};
+
 static grub_extcmd_t cmd_next;
 
 GRUB_MOD_INIT (gptprio)
 {
+  grub_partition_map_register (&backup_partition_map);
   cmd_next = grub_register_extcmd ("gptprio.next", grub_cmd_next, 0,
 				   N_("-d DEVVAR -u UUIDVAR [DISK]"),
 				   N_("Choose the USR partition to boot by GPT "
@@ -491,4 +590,5 @@ GRUB_MOD_INIT (gptprio)
 GRUB_MOD_FINI (gptprio)
 {
   grub_unregister_extcmd (cmd_next);
+  grub_partition_map_unregister (&backup_partition_map);
 }

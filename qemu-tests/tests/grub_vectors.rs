@@ -434,6 +434,42 @@ fn gptprio_defaults_to_the_disk_of_root_and_requires_both_variables() {
     );
 }
 
+#[test]
+fn partitions_resolve_by_the_backup_gpt_when_the_primary_is_broken() {
+    // GRUB's part_gpt reads only the primary copy; gptprio's backup partition map takes over
+    // when the primary does not validate, so files on (hdN,gpt4) stay reachable.
+    let grub = grub();
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("d{i}.img")))
+        .collect();
+    let tables: Vec<Gpt> = paths
+        .iter()
+        .map(|p| make_disk(p, &[(3, attrs(1, 0, true))]))
+        .collect();
+    overwrite(&paths[1], 512, &[0u8; 512]);
+    overwrite(&paths[2], 512, &[0u8; 512]);
+    overwrite(&paths[2], tables[2].backup_lba * 512, &[0u8; 512]);
+    let script: String = (0..3)
+        .map(|i| {
+            format!(
+                "if probe --set=u --part-uuid (hd{i},gpt4); then echo \"PART {i} $u\"; \
+                 else echo \"PART {i} none\"; fi\n"
+            )
+        })
+        .collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let out = Emu::new(&grub).run(&refs, &script).unwrap();
+    for (i, t) in tables.iter().enumerate().take(2) {
+        let b = t.entry(4).unique_guid.to_string().to_lowercase();
+        assert!(out.contains(&format!("PART {i} {b}")), "disk {i}: {out}");
+    }
+    assert!(
+        out.contains("PART 2 none"),
+        "no valid copy, no partitions: {out}"
+    );
+}
+
 // --- Real firmware -------------------------------------------------------------------------
 
 /// A QEMU (TCG) machine whose serial console goes to a file; killed on drop.
@@ -640,14 +676,15 @@ fn bios_nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
     nothing_bootable_runs_the_fallback(false);
 }
 
-#[test]
-fn uefi_4096_with_the_primary_header_zeroed_boots_b_by_the_backup_and_writes_nothing() {
-    let (_dir, _, _, unchanged) = grub_boot(
-        true,
-        4096,
+/// Boots a disk whose primary GPT header is zeroed and B is at P2 T1 S0: GRUB must boot B by
+/// the backup copy. Returns the disk afterwards and whether its bytes stayed the same.
+fn boots_b_with_the_primary_header_zeroed(uefi: bool, sector_size: u32) -> (gpt::DiskGpt, bool) {
+    let (_dir, disk, _, unchanged) = grub_boot(
+        uefi,
+        sector_size,
         |d| {
-            set_next_b(d, 4096);
-            overwrite(d, 4096, &[0u8; 4096]);
+            set_next_b(d, sector_size);
+            overwrite(d, u64::from(sector_size), &vec![0u8; sector_size as usize]);
         },
         |r| {
             vec![format!(
@@ -656,5 +693,27 @@ fn uefi_4096_with_the_primary_header_zeroed_boots_b_by_the_backup_and_writes_not
             )]
         },
     );
+    let mut d = FileDisk::open(&disk, false).unwrap();
+    (gpt::read(&mut d, Some(sector_size)).unwrap(), unchanged)
+}
+
+#[test]
+fn bios_with_the_primary_header_zeroed_boots_b_by_the_backup_and_writes_nothing() {
+    // SeaBIOS never touches the GPT, so this is GRUB's behaviour alone.
+    let (t, unchanged) = boots_b_with_the_primary_header_zeroed(false, 512);
+    assert!(t.primary.is_err(), "the primary stays broken");
     assert!(unchanged, "a copy is invalid: GRUB must not write");
+}
+
+#[test]
+fn uefi_4096_with_the_primary_header_zeroed_boots_b_after_the_firmware_restores_it() {
+    // OVMF's partition driver (EDK2 PartitionDxe) restores an invalid primary GPT from a valid
+    // backup before GRUB runs; GRUB then sees two valid copies and uses B's try.
+    let (t, _) = boots_b_with_the_primary_header_zeroed(true, 4096);
+    assert!(
+        t.primary.is_ok() && t.backup.is_ok() && t.copies_match,
+        "{t:?}"
+    );
+    let b = SlotAttrs::decode(t.gpt.entry(4).attributes);
+    assert_eq!((b.priority, b.tries, b.successful), (2, 0, false));
 }
