@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod cpio;
+pub mod cycle;
 pub mod disk;
 mod error;
 pub mod grub;

@@ -1,5 +1,6 @@
 //! End-to-end tests in QEMU (one binary; one module per area).
 mod boot;
+mod cycle;
 mod grub_vectors;
 mod testos;
 mod util;
