@@ -34,7 +34,7 @@ pub struct PackCmd {
     /// Expiry: RFC 3339 UTC time (2027-01-31T00:00:00Z) or @UNIX-SECONDS.
     #[arg(long, value_name = "TIME")]
     pub expires: Option<String>,
-    /// Chunk size in bytes (4096 to 8388608).
+    /// Chunk size in bytes: a multiple of 4096 from 4096 to 8388608.
     #[arg(long, value_name = "N", default_value_t = writer::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
     /// zstd compression level (1 to 22).

@@ -11,8 +11,8 @@
 //! 4. stream the frames through [`pipeline`]: each chunk decoded with a capped window and
 //!    verified before [`SlotWriter`] writes it; checkpoints ([`crate::state::InstallProgress`])
 //!    after fsyncs let a later run resume;
-//! 5. fsync, drop the slot's cached pages, read the whole image back from the slot and verify
-//!    every chunk again;
+//! 5. read every chunk of the image back from the device (`O_DIRECT`, beside the stream, so
+//!    it costs little time) and verify it again, then fsync;
 //! 6. flip: the passive slot becomes the next boot with `tries` attempts (unless `flip` is off).
 //!
 //! The booted slot is never opened for writing: [`SlotWriter`] only covers the passive slot and
@@ -317,63 +317,74 @@ impl<'a> SlotWriter<'a> {
             .map_err(self.io_err("syncing".into(), self.slot.byte_offset()))
     }
 
-    /// Drops the slot's cached (and, after [`Self::sync`], clean) pages so a read-back comes
-    /// from the device.
-    fn drop_cache(&self) {
-        self.advise_dontneed(self.slot.byte_offset(), self.slot.byte_len());
+    /// Reads chunk `index` back from the slot into `buf` and checks it against `entry`.
+    ///
+    /// With a direct handle (`O_DIRECT`) the read comes from the device: the kernel first
+    /// writes out any dirty page of the range, then reads around the page cache. Without one
+    /// (filesystems that refuse `O_DIRECT`, such as tmpfs) the read is buffered.
+    pub fn read_back_chunk(
+        &self,
+        direct: Option<&File>,
+        index: u32,
+        entry: &payload::ChunkEntry,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), InstallError> {
+        let at = self.slot.byte_offset() + entry.image_offset;
+        let len = entry.image_len as usize;
+        let slot_end = self.slot.byte_offset() + self.slot.byte_len();
+        let round = |n: usize, to: usize| n.div_ceil(to) * to;
+        let err = || self.io_err(format!("reading back chunk {index} from"), at);
+        let data: &[u8] = match direct {
+            Some(f) if at.is_multiple_of(u64::from(payload::CHUNK_ALIGN)) => {
+                // Whole 4 KiB blocks when they stay inside the slot, else whole sectors.
+                let mut want = round(len, 4096);
+                if at + want as u64 > slot_end {
+                    want = round(len, 512);
+                }
+                buf.resize(want + 4096, 0);
+                let skip = buf.as_ptr().align_offset(4096);
+                let aligned = &mut buf[skip..skip + want];
+                f.read_exact_at(aligned, at).map_err(err())?;
+                &buf[skip..skip + len]
+            }
+            _ => {
+                buf.resize(len, 0);
+                self.file.read_exact_at(buf, at).map_err(err())?;
+                &buf[..len]
+            }
+        };
+        let found = Sha256Digest::of(data);
+        if found != entry.sha256 {
+            return Err(InstallError::ReadBackMismatch {
+                slot: self.slot.label.clone(),
+                index,
+                offset: entry.image_offset,
+                expected: entry.sha256,
+                found,
+            });
+        }
+        Ok(())
     }
 
-    /// Reads every chunk of the image back from the slot on `threads` threads and checks it
-    /// against the signed chunk table.
-    pub fn verify(
-        &self,
-        entries: &[payload::ChunkEntry],
-        threads: usize,
-        progress: &mut dyn Progress,
-    ) -> Result<(), InstallError> {
-        self.drop_cache();
-        let threads = threads.max(1);
-        let done = std::sync::atomic::AtomicU64::new(0);
-        let total: u64 = entries.iter().map(|e| u64::from(e.image_len)).sum();
-        progress.phase("reading back", total);
-        let results: Vec<Result<(), InstallError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let done = &done;
-                    s.spawn(move || {
-                        let mut buf = Vec::new();
-                        for (i, e) in entries.iter().enumerate().skip(t).step_by(threads) {
-                            buf.resize(e.image_len as usize, 0);
-                            let at = self.slot.byte_offset() + e.image_offset;
-                            self.file
-                                .read_exact_at(&mut buf, at)
-                                .map_err(self.io_err(format!("reading back chunk {i} from"), at))?;
-                            let found = Sha256Digest::of(&buf);
-                            if found != e.sha256 {
-                                return Err(InstallError::ReadBackMismatch {
-                                    slot: self.slot.label.clone(),
-                                    index: i as u32,
-                                    offset: e.image_offset,
-                                    expected: e.sha256,
-                                    found,
-                                });
-                            }
-                            done.fetch_add(
-                                e.image_len.into(),
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("read-back thread panicked"))
-                .collect()
-        });
-        progress.advance(done.load(std::sync::atomic::Ordering::Relaxed));
-        results.into_iter().collect()
+    /// Opens the disk again for reads that bypass the page cache, if the OS allows it.
+    pub fn open_direct(&self) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+            .open(self.disk)
+            .ok()
+    }
+
+    /// Reads every chunk of the image back from the slot and checks it against the signed
+    /// chunk table (the standalone form of the read-back [`install`] overlaps with writing).
+    pub fn verify(&self, entries: &[payload::ChunkEntry]) -> Result<(), InstallError> {
+        let direct = self.open_direct();
+        let mut buf = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            self.read_back_chunk(direct.as_ref(), i as u32, e, &mut buf)?;
+        }
+        Ok(())
     }
 }
 
@@ -558,27 +569,57 @@ pub fn install(
     let mut since_checkpoint = 0u64;
     let mut done = resume_image_offset;
     progress.advance(done);
-    let mut sink = |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
-        writer.write_chunk(index, e.image_offset, data)?;
-        since_checkpoint += data.len() as u64;
-        done += data.len() as u64;
-        progress.advance(done);
-        if since_checkpoint >= opts.checkpoint_bytes {
-            writer.sync()?;
-            state.store(crate::state::INSTALL_PROGRESS, &checkpoint(index + 1))?;
-            since_checkpoint = 0;
+    // The read-back runs beside the stream: a verifier thread reads each written chunk back
+    // from the device (chunks of an earlier, interrupted run first) while later ones decode.
+    let direct = writer.open_direct();
+    let (written_tx, written_rx) = std::sync::mpsc::channel::<u32>();
+    for i in 0..start {
+        written_tx.send(i).expect("receiver alive");
+    }
+    let abort = std::sync::atomic::AtomicBool::new(false);
+    let (streamed, read_back) = std::thread::scope(|s| {
+        let verifier = s.spawn(|| -> Result<(), InstallError> {
+            let mut buf = Vec::new();
+            for i in written_rx {
+                if abort.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                writer.read_back_chunk(direct.as_ref(), i, &entries[i as usize], &mut buf)?;
+            }
+            Ok(())
+        });
+        let mut sink =
+            |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
+                writer.write_chunk(index, e.image_offset, data)?;
+                let _ = written_tx.send(index);
+                since_checkpoint += data.len() as u64;
+                done += data.len() as u64;
+                progress.advance(done);
+                if since_checkpoint >= opts.checkpoint_bytes {
+                    writer.sync()?;
+                    state.store(crate::state::INSTALL_PROGRESS, &checkpoint(index + 1))?;
+                    since_checkpoint = 0;
+                }
+                Ok(())
+            };
+        let streamed = pipeline::run(
+            &mut reader,
+            entries,
+            start,
+            m.chunk_size,
+            opts.threads,
+            &mut sink,
+        );
+        drop(written_tx);
+        if streamed.is_err() {
+            abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            progress.phase("reading back", m.image_size);
         }
-        Ok(())
-    };
-    let result = pipeline::run(
-        &mut reader,
-        entries,
-        start,
-        m.chunk_size,
-        opts.threads,
-        &mut sink,
-    );
-    match result {
+        let read_back = verifier.join().expect("read-back thread panicked");
+        (streamed, read_back)
+    });
+    match streamed {
         Ok(()) => {}
         Err(pipeline::PipelineError::Payload(p)) => return Err(p.into()),
         Err(pipeline::PipelineError::Read { offset, source }) => {
@@ -587,14 +628,14 @@ pub fn install(
         Err(pipeline::PipelineError::Sink(e)) => return Err(e),
     }
 
-    // 5. Durable, then read back from the device and verify every chunk again.
-    writer.sync()?;
-    let verified = writer.verify(entries, opts.threads, progress);
-    if let Err(e) = verified {
+    // 5. Every chunk was read back from the device and verified; now make it all durable.
+    if let Err(e) = read_back {
         // What is on the slot is wrong: the next attempt starts over.
         state.remove(crate::state::INSTALL_PROGRESS)?;
         return Err(e);
     }
+    progress.advance(m.image_size);
+    writer.sync()?;
 
     // 6. Flip: the slot becomes the next boot (the last write).
     if opts.flip {
@@ -701,13 +742,13 @@ mod tests {
         for (i, c) in chunks.iter().enumerate() {
             w.write_chunk(i as u32, i as u64 * 4096, c).unwrap();
         }
-        w.verify(&entries, 2, &mut NoProgress).unwrap();
+        w.verify(&entries).unwrap();
         f.as_file()
             .write_all_at(&[0xff], 8192 + 2 * 4096 + 100)
             .unwrap();
         let mut changed = chunks[2].clone();
         changed[100] = 0xff;
-        let err = w.verify(&entries, 2, &mut NoProgress).unwrap_err();
+        let err = w.verify(&entries).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(

@@ -56,6 +56,9 @@ pub const MAX_SIGNATURES: usize = 16;
 pub const SIGNATURE_RECORD_LEN: usize = 8 + 64;
 /// Largest signature block accepted, in bytes.
 pub const MAX_SIGNATURE_BLOCK_LEN: usize = 4 + MAX_SIGNATURES * SIGNATURE_RECORD_LEN;
+/// Chunk sizes are multiples of this, so every chunk starts 4 KiB-aligned in the slot (the
+/// read-back reads chunks straight from the device).
+pub const CHUNK_ALIGN: u32 = 4096;
 /// Smallest chunk size a manifest may declare.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest chunk size a manifest may declare (also bounds each decode buffer).
@@ -488,6 +491,14 @@ impl Manifest {
                 what: "chunk size",
                 found: chunk_size.into(),
                 max: MAX_CHUNK_SIZE.into(),
+            });
+        }
+        if !chunk_size.is_multiple_of(CHUNK_ALIGN) {
+            return Err(PayloadError::BadField {
+                region: "manifest",
+                field: "chunk_size modulo 4096",
+                found: (chunk_size % CHUNK_ALIGN).into(),
+                expected: 0,
             });
         }
         if chunk_count > MAX_CHUNK_COUNT {

@@ -137,10 +137,15 @@ ssize_t write(int fd, const void *buf, size_t len) {
 
 ssize_t pread64(int fd, void *buf, size_t len, off_t off) {
     REAL(pread64, ssize_t, int, void *, size_t, off_t);
-    ssize_t r = real_pread64(fd, buf, len, off);
-    if (r < 0 || fd < 0 || fd >= MAX_FDS || !is_disk[fd]) return r;
-    /* Overlay the held writes that overlap [off, off + len), oldest first. */
+    if (fd < 0 || fd >= MAX_FDS || !is_disk[fd]) return real_pread64(fd, buf, len, off);
+    /* Read and overlay under the lock, so a concurrent drain cannot slip between the two. */
     pthread_mutex_lock(&lock);
+    ssize_t r = real_pread64(fd, buf, len, off);
+    if (r < 0) {
+        pthread_mutex_unlock(&lock);
+        return r;
+    }
+    /* Overlay the held writes that overlap [off, off + len), oldest first. */
     for (struct pending *p = held; p; p = p->next) {
         off_t a = p->off > off ? p->off : off;
         off_t b = (off_t)(p->off + p->len) < (off_t)(off + len) ? (off_t)(p->off + p->len) : (off_t)(off + len);
@@ -154,10 +159,11 @@ ssize_t pread(int fd, void *buf, size_t len, off_t off) { return pread64(fd, buf
 
 static int drain(int fd) {
     REAL(pwrite64, ssize_t, int, const void *, size_t, off_t);
+    /* The lock stays held until every write is applied, so a concurrent pread (the install's
+     * read-back thread) never sees a write neither held nor applied. */
     pthread_mutex_lock(&lock);
     struct pending *p = held;
     held = NULL;
-    pthread_mutex_unlock(&lock);
     int rc = 0;
     while (p) {
         /* The cache is per disk, not per descriptor: any flush of the disk drains it all. */
@@ -171,6 +177,7 @@ static int drain(int fd) {
         free(p->data); free(p);
         p = n;
     }
+    pthread_mutex_unlock(&lock);
     return rc;
 }
 
