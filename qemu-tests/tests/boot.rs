@@ -8,6 +8,7 @@
 use crate::util::{self, Scratch};
 use bootctl::{SlotAttrs, SlotId};
 use image_tools::disk::DiskReport;
+use image_tools::mkusr::UsrFs;
 use qemu_tests::disk;
 use qemu_tests::machine::{Booted, Firmware, Machine, MachineConfig};
 use std::path::{Path, PathBuf};
@@ -63,9 +64,18 @@ struct TestDisk {
 
 impl TestDisk {
     fn new(name: &str, firmware: Firmware, sector_size: u32) -> anyhow::Result<TestDisk> {
+        TestDisk::with_fs(name, firmware, sector_size, UsrFs::Squashfs)
+    }
+
+    fn with_fs(
+        name: &str,
+        firmware: Firmware,
+        sector_size: u32,
+        fs_kind: UsrFs,
+    ) -> anyhow::Result<TestDisk> {
         let scratch = Scratch::new(&format!("{name}-{}", firmware.name()));
         let path = scratch.path("disk.img");
-        let mut spec = disk::spec(&util::usr_image("1"), &path)?;
+        let mut spec = disk::spec(&util::usr_image_fs("1", fs_kind), &path)?;
         spec.sector_size = sector_size;
         if sector_size == 4096 {
             // image-tools disk lets mke2fs choose the ROOT block size, and below 512 MiB it
@@ -73,7 +83,7 @@ impl TestDisk {
             spec.root_size = 512 << 20;
         }
         let report = disk::assemble(&spec)?;
-        disk::write_usr(&path, &SlotId::B, &util::usr_image("2"))?;
+        disk::write_usr(&path, &SlotId::B, &util::usr_image_fs("2", fs_kind))?;
         Ok(TestDisk {
             _scratch: scratch,
             path,
@@ -234,5 +244,23 @@ fn uefi_with_4096_byte_sectors_boots_and_selects() -> anyhow::Result<()> {
         "GRUB spends the try"
     );
     assert_eq!(d.attrs(&SlotId::A)?, attrs(1, 0, true));
+    Ok(())
+}
+
+#[test]
+fn ext4_usr_images_boot_and_select_on_bios() -> anyhow::Result<()> {
+    let firmware = Firmware::Bios;
+    let d = TestDisk::with_fs("ext4-usr", firmware, 512, UsrFs::Ext4)?;
+    let mut slots = disk::open(d.path(), true)?;
+    slots.set_next(&SlotId::B, 1)?;
+    drop(slots);
+    let booted = d.boot("ext4 /usr, B with one try", firmware)?;
+    assert_eq!(booted.usr_partuuid, d.partuuid(&SlotId::B)?);
+    assert_eq!(booted.version, "2");
+    assert_eq!(
+        d.attrs(&SlotId::B)?,
+        attrs(2, 0, false),
+        "GRUB spends the try"
+    );
     Ok(())
 }

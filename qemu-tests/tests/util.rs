@@ -1,4 +1,5 @@
 //! What every scenario needs: a scratch directory, the test OS, and standard timeouts.
+use image_tools::mkusr::UsrFs;
 use qemu_tests::testos::{TestOs, UsrSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,7 +47,12 @@ pub fn testos() -> &'static TestOs {
 
 /// The cached squashfs /usr image of `version`.
 pub fn usr_image(version: &str) -> PathBuf {
+    usr_image_fs(version, UsrFs::Squashfs)
+}
+
+/// The cached /usr image of `version` in filesystem `fs_kind`.
+pub fn usr_image_fs(version: &str, fs_kind: UsrFs) -> PathBuf {
     testos()
-        .usr_image(&UsrSpec::new(version), image_tools::mkusr::UsrFs::Squashfs)
+        .usr_image(&UsrSpec::new(version), fs_kind)
         .unwrap_or_else(|e| panic!("building /usr image {version}: {e}"))
 }
