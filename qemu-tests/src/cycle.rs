@@ -494,9 +494,18 @@ impl Guest {
         format!("{UPDATER} install {PAYLOADS_MOUNT}/v{version}.payload")
     }
 
+    /// The install command as run: stderr into a file and shown after, so it is not a
+    /// terminal and the updater draws no progress bar over the serial console.
+    fn install_wrapped(version: &str) -> String {
+        format!(
+            "{} 2>/run/install.err; rc=$?; cat /run/install.err; exit $rc",
+            Guest::install_command(version)
+        )
+    }
+
     /// Installs `version` and returns what the updater printed.
     pub fn install(&mut self, version: &str) -> anyhow::Result<String> {
-        let cmd = Guest::install_command(version);
+        let cmd = Guest::install_wrapped(version);
         self.vm
             .run_ok(&cmd, INSTALL_TIMEOUT)
             .with_context(|| format!("running {cmd:?} in {}", self.name))
@@ -504,7 +513,7 @@ impl Guest {
 
     /// Tries to install `version`; returns the exit status and the output.
     pub fn try_install(&mut self, version: &str) -> anyhow::Result<(i32, String)> {
-        let cmd = Guest::install_command(version);
+        let cmd = Guest::install_wrapped(version);
         let out = self
             .vm
             .run(&cmd, INSTALL_TIMEOUT)
