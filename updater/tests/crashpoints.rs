@@ -39,16 +39,12 @@ fn run<S: AsRef<std::ffi::OsStr>>(
 ) -> (Output, usize) {
     let count = dev.path("ops.count");
     let _ = std::fs::remove_file(&count);
-    let out = Command::new(env!("CARGO_BIN_EXE_updater"))
+    let out = dev
+        .command(booted)
         .env("LD_PRELOAD", shim())
         .env("CRASH_AT", crash_at.to_string())
         .env("CRASH_COUNT_FILE", &count)
         .env("CRASH_DISK_SUFFIX", "/disk.img")
-        .arg("--disk")
-        .arg(dev.disk())
-        .arg("--root")
-        .arg(dev.root())
-        .args(["--booted", booted])
         .args(args)
         .output()
         .unwrap();

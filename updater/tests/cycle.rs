@@ -26,15 +26,7 @@ fn on(dev: &Device, booted: &str, version: &str, args: &[&str]) -> std::process:
         "usr/lib/os-release",
         &format!("IMAGE_ID=testbox\nIMAGE_VERSION={version}\n"),
     );
-    std::process::Command::new(env!("CARGO_BIN_EXE_updater"))
-        .arg("--disk")
-        .arg(dev.disk())
-        .arg("--root")
-        .arg(dev.root())
-        .args(["--booted", booted])
-        .args(args)
-        .output()
-        .unwrap()
+    dev.command(booted).args(args).output().unwrap()
 }
 
 /// What GRUB does at the reboot: apply the rule with its tries decrement.

@@ -149,17 +149,20 @@ impl Device {
         all[s.byte_offset() as usize..(s.byte_offset() + s.byte_len()) as usize].to_vec()
     }
 
-    /// Runs `updater --disk DISK --root ROOT --booted A ARGS…`.
-    pub fn updater(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_updater"))
-            .arg("--disk")
+    /// `updater --disk DISK --root ROOT --booted BOOTED`, ready for more arguments.
+    pub fn command(&self, booted: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_updater"));
+        c.arg("--disk")
             .arg(self.disk())
             .arg("--root")
             .arg(self.root())
-            .args(["--booted", "A"])
-            .args(args)
-            .output()
-            .unwrap()
+            .args(["--booted", booted]);
+        c
+    }
+
+    /// Runs `updater --disk DISK --root ROOT --booted A ARGS…`.
+    pub fn updater(&self, args: &[&str]) -> std::process::Output {
+        self.command("A").args(args).output().unwrap()
     }
 }
 
