@@ -569,13 +569,15 @@ pub fn install(
     let mut since_checkpoint = 0u64;
     let mut done = resume_image_offset;
     progress.advance(done);
-    // The read-back runs beside the stream: a verifier thread reads each written chunk back
-    // from the device (chunks of an earlier, interrupted run first) while later ones decode.
+    // The read-back runs beside the stream: a verifier thread reads each chunk back from the
+    // device once a checkpoint's fsync has made it clean (chunks of an earlier, interrupted run
+    // first), so its reads never wait for writeback while later chunks decode.
     let direct = writer.open_direct();
     let (written_tx, written_rx) = std::sync::mpsc::channel::<u32>();
     for i in 0..start {
         written_tx.send(i).expect("receiver alive");
     }
+    let mut unsynced: Vec<u32> = Vec::new();
     let abort = std::sync::atomic::AtomicBool::new(false);
     let (streamed, read_back) = std::thread::scope(|s| {
         let verifier = s.spawn(|| -> Result<(), InstallError> {
@@ -591,7 +593,7 @@ pub fn install(
         let mut sink =
             |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
                 writer.write_chunk(index, e.image_offset, data)?;
-                let _ = written_tx.send(index);
+                unsynced.push(index);
                 since_checkpoint += data.len() as u64;
                 done += data.len() as u64;
                 progress.advance(done);
@@ -599,6 +601,9 @@ pub fn install(
                     writer.sync()?;
                     state.store(crate::state::INSTALL_PROGRESS, &checkpoint(index + 1))?;
                     since_checkpoint = 0;
+                    for i in unsynced.drain(..) {
+                        let _ = written_tx.send(i);
+                    }
                 }
                 Ok(())
             };
@@ -610,6 +615,14 @@ pub fn install(
             opts.threads,
             &mut sink,
         );
+        let streamed = streamed.and_then(|()| {
+            // The tail: durable, then to the verifier like the rest.
+            writer.sync().map_err(pipeline::PipelineError::Sink)?;
+            for i in unsynced.drain(..) {
+                let _ = written_tx.send(i);
+            }
+            Ok(())
+        });
         drop(written_tx);
         if streamed.is_err() {
             abort.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -628,7 +641,7 @@ pub fn install(
         Err(pipeline::PipelineError::Sink(e)) => return Err(e),
     }
 
-    // 5. Every chunk was read back from the device and verified; now make it all durable.
+    // 5. Every chunk was made durable, read back from the device and verified.
     if let Err(e) = read_back {
         // What is on the slot is wrong: the next attempt starts over.
         state.remove(crate::state::INSTALL_PROGRESS)?;
