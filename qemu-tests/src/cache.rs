@@ -3,7 +3,8 @@
 //! Entries live under [`cache_root`] (`$AB_UPDATER_CACHE`, else `/var/cache/ab-updater` when it
 //! can be created, else `~/.cache/ab-updater`), one directory per entry named after what it is
 //! and a hash of the inputs it was made from, so a changed input makes a new entry and an
-//! unchanged one costs nothing. An entry is built in a private temporary directory and renamed
+//! unchanged one costs nothing. Entries of a name unused for two weeks are removed when a new
+//! entry of that name is built. An entry is built in a private temporary directory and renamed
 //! into place whole, so a crash or a concurrent build never leaves a half-built entry behind.
 //!
 //! ```no_run
@@ -17,6 +18,7 @@ use crate::error::{IoContext, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// The directory holding every cache entry (created if needed).
 pub fn cache_root() -> Result<PathBuf> {
@@ -81,6 +83,43 @@ impl Key {
     }
 }
 
+/// Entries unused for this long are removed when another entry of the same name is built.
+pub const UNUSED_LIFETIME: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Stamps an entry as used now (its directory's modification time).
+fn mark_used(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Removes entries `name-*` of `root` unused for [`UNUSED_LIFETIME`]: every change of an input
+/// (say, the updater) makes a new entry and the old one is never asked for again.
+fn prune(root: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    let prefix = format!("{name}-");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(hash) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if hash.len() != 16 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let unused = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNUSED_LIFETIME);
+        if unused {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The directory of entry `name` for `key`, built by `build` into an empty directory if it
 /// does not exist yet.
 pub fn cached_dir(
@@ -91,8 +130,10 @@ pub fn cached_dir(
     let root = cache_root()?;
     let dir = root.join(format!("{name}-{}", key.short()));
     if dir.is_dir() {
+        mark_used(&dir);
         return Ok(dir);
     }
+    prune(&root, name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}-"))
         .tempdir_in(&root)
@@ -107,4 +148,36 @@ pub fn cached_dir(
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn building_an_entry_prunes_long_unused_ones_of_the_same_name() {
+        let root = tempfile::tempdir().unwrap();
+        let old = root.path().join("usr-0123456789abcdef");
+        let recent = root.path().join("usr-fedcba9876543210");
+        let other = root.path().join("kernel-0123456789abcdef");
+        for d in [&old, &recent, &other] {
+            fs::create_dir(d).unwrap();
+        }
+        let long_ago = SystemTime::now() - UNUSED_LIFETIME - Duration::from_secs(60);
+        for d in [&old, &other] {
+            fs::File::open(d).unwrap().set_modified(long_ago).unwrap();
+        }
+        prune(root.path(), "usr");
+        assert!(!old.exists(), "unused usr entry kept");
+        assert!(recent.exists(), "recently used usr entry removed");
+        assert!(other.exists(), "entry of another name removed");
+    }
+
+    #[test]
+    fn keys_differ_when_any_input_differs() {
+        let a = Key::new().text("ab").text("c").short();
+        let b = Key::new().text("a").text("bc").short();
+        assert_ne!(a, b);
+        assert_eq!(a, Key::new().text("ab").text("c").short());
+    }
 }
