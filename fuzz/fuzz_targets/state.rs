@@ -2,7 +2,7 @@
 //! /var/lib/updater, whatever wrote it).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use updater::history::{FailedVersions, HealthReport};
+use updater::history::{FailedVersions, HealthReport, SlotVersions};
 use updater::state::{InstallProgress, PendingInstall};
 
 fuzz_target!(|data: &[u8]| {
@@ -10,4 +10,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<InstallProgress>(data);
     let _ = serde_json::from_slice::<FailedVersions>(data);
     let _ = serde_json::from_slice::<HealthReport>(data);
+    let _ = serde_json::from_slice::<SlotVersions>(data);
 });

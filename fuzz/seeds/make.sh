@@ -40,4 +40,5 @@ printf '{"format_version":1,"slot":"B","slot_partuuid":"0fc63daf-8483-4772-8e79-
 printf '{"format_version":1,"payload_id":"ab","slot_partuuid":"x","version":"2.0","next_chunk":3,"chunk_count":9}\n' > state/install-progress.json
 printf '{"format_version":1,"versions":[{"version":"3","slot":"B","reason":"health check 10-app failed (exit 1)","check":"10-app","output":"boom\\n","at":1}]}\n' > state/failed.json
 printf '{"format_version":1,"slot":"B","version":"3","passed":false,"summary":"s","checks":[{"name":"10-app","outcome":"failed (exit 1)","passed":false,"millis":3,"output":"boom"}],"at":1}\n' > state/health.json
+printf '{"format_version":1,"slots":{"0fc63daf-8483-4772-8e79-3d69d8477de4":"1.0"}}\n' > state/versions.json
 echo "seeds rebuilt in $(pwd)"

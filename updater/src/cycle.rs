@@ -45,7 +45,7 @@ pub enum RebootAction {
         /// The marker written.
         marker: PathBuf,
     },
-    /// The machine is rebooting.
+    /// The machine reboots now, right after the caller has reported ([`Cycle::reboot_now`]).
     Rebooting,
 }
 
@@ -228,15 +228,22 @@ impl Cycle {
         self.record_failed(f, keep_earlier)
     }
 
-    /// Reboots if the strategy allows (see the module doc).
+    /// Reboots the machine now: what [`Cycle::reboot`] decided when it said
+    /// [`RebootAction::Rebooting`], once the caller has printed why.
+    pub fn reboot_now(&self) -> anyhow::Result<()> {
+        nix::unistd::sync();
+        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
+        Ok(())
+    }
+
+    /// Decides the reboot the strategy allows (see the module doc): writes the marker for
+    /// strategy `off`; for `immediate` says [`RebootAction::Rebooting`] and leaves the reboot
+    /// itself to [`Cycle::reboot_now`], so the verdict is printed before the machine goes down.
     pub fn reboot(&self, no_reboot: bool) -> anyhow::Result<RebootAction> {
         if no_reboot {
             return Ok(RebootAction::Skipped);
         }
         if self.settings.reboot == RebootStrategy::Immediate && self.dev.root == Path::new("/") {
-            nix::unistd::sync();
-            nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
-                .context("rebooting")?;
             return Ok(RebootAction::Rebooting);
         }
         let marker = self.dev.root.join(REBOOT_REQUIRED);
@@ -255,6 +262,9 @@ impl Cycle {
         let booted = self.booted(&disk)?;
         let name = slot_name(&booted);
         let pending = self.pending()?;
+        self.history
+            .record_version(&booted.partuuid.to_string(), &self.booted_version())
+            .context("recording the booted version")?;
         if booted.attrs.successful {
             if let Some(p) = pending {
                 if p.slot_partuuid
@@ -421,21 +431,21 @@ impl Cycle {
         let pending = self.pending()?;
         let failed = self.history.failed()?;
         let last_health = self.history.health()?;
+        let known = self.history.versions()?;
         let slots = disk
             .slots()
             .into_iter()
             .map(|s| {
                 let is_booted = s.number == booted.number;
+                let partuuid = s.partuuid.to_string();
                 let version = if is_booted {
                     Some(self.booted_version())
                 } else {
                     pending
                         .as_ref()
-                        .filter(|p| {
-                            p.slot_partuuid
-                                .eq_ignore_ascii_case(&s.partuuid.to_string())
-                        })
+                        .filter(|p| p.slot_partuuid.eq_ignore_ascii_case(&partuuid))
                         .map(|p| p.version.clone())
+                        .or_else(|| known.slots.get(&partuuid).cloned())
                 };
                 SlotStatus {
                     slot: slot_name(&s),
@@ -711,6 +721,18 @@ mod tests {
             "{e:#}"
         );
         assert_eq!(r.attrs(SlotId::A), s(1, 0, true));
+    }
+
+    #[test]
+    fn status_names_the_version_of_the_committed_fallback() {
+        let r = Rig::new();
+        r.cycle(SlotId::A, "1").health(true).unwrap(); // factory boot: A remembers v1
+        r.installed_b("2");
+        r.grub_boots();
+        r.cycle(SlotId::B, "2").health(true).unwrap();
+        let st = r.cycle(SlotId::B, "2").status().unwrap();
+        assert_eq!(st.slots[0].version.as_deref(), Some("1"));
+        assert_eq!(st.slots[1].version.as_deref(), Some("2"));
     }
 
     #[test]

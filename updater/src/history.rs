@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub const FAILED: &str = "failed.json";
 /// File name of [`HealthReport`].
 pub const HEALTH: &str = "health.json";
+/// File name of [`SlotVersions`].
+pub const VERSIONS: &str = "versions.json";
 /// Most failed versions remembered (the oldest are dropped first).
 pub const MAX_FAILED_VERSIONS: usize = 64;
 
@@ -96,6 +98,17 @@ pub struct HealthReport {
     pub at: u64,
 }
 
+/// The version each slot last booted with, by PARTUUID: how `updater status` names the
+/// version of the slot that is not running.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlotVersions {
+    /// State format.
+    pub format_version: u32,
+    /// PARTUUID → `IMAGE_VERSION`.
+    pub slots: std::collections::BTreeMap<String, String>,
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -133,6 +146,22 @@ impl History {
         all.versions.drain(..excess);
         all.format_version = STATE_FORMAT_VERSION;
         self.state.store(FAILED, &all)
+    }
+
+    /// The version each slot last booted with.
+    pub fn versions(&self) -> Result<SlotVersions, StateError> {
+        Ok(self.state.load(VERSIONS)?.unwrap_or_default())
+    }
+
+    /// Remembers that the slot `partuuid` booted `version` (writes only on a change).
+    pub fn record_version(&self, partuuid: &str, version: &str) -> Result<(), StateError> {
+        let mut v = self.versions()?;
+        if v.slots.get(partuuid).map(String::as_str) == Some(version) {
+            return Ok(());
+        }
+        v.slots.insert(partuuid.to_string(), version.to_string());
+        v.format_version = STATE_FORMAT_VERSION;
+        self.state.store(VERSIONS, &v)
     }
 
     /// The last health verdict.

@@ -4,6 +4,16 @@ use super::GlobalArgs;
 use crate::cycle::{Cycle, HealthOutcome, RebootAction, Status};
 use clap::Args;
 
+/// Reboots now if the strategy said so, after everything above was printed.
+fn reboot_if_due(cycle: &Cycle, r: &RebootAction) -> anyhow::Result<()> {
+    if *r == RebootAction::Rebooting {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        cycle.reboot_now()?;
+    }
+    Ok(())
+}
+
 fn print_reboot(r: &RebootAction) {
     match r {
         RebootAction::NotNeeded => {}
@@ -31,7 +41,8 @@ pub struct HealthCmd {
 impl HealthCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let outcome = Cycle::new(d.device()?).health(self.no_reboot)?;
+        let cycle = Cycle::new(d.device()?);
+        let outcome = cycle.health(self.no_reboot)?;
         if d.json {
             println!("{}", serde_json::to_string(&outcome)?);
         } else {
@@ -57,6 +68,9 @@ impl HealthCmd {
                     print_reboot(reboot);
                 }
             }
+        }
+        if let HealthOutcome::RolledBack { reboot, .. } = &outcome {
+            reboot_if_due(&cycle, reboot)?;
         }
         Ok(if matches!(outcome, HealthOutcome::RolledBack { .. }) {
             std::process::ExitCode::from(1)
@@ -188,13 +202,15 @@ pub struct RollbackCmd {
 impl RollbackCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let (slot, reboot) = Cycle::new(d.device()?).rollback(self.no_reboot)?;
+        let cycle = Cycle::new(d.device()?);
+        let (slot, reboot) = cycle.rollback(self.no_reboot)?;
         if d.json {
             println!("{}", serde_json::json!({"next": slot, "reboot": reboot}));
         } else {
             println!("slot {slot} boots next");
             print_reboot(&reboot);
         }
+        reboot_if_due(&cycle, &reboot)?;
         Ok(std::process::ExitCode::SUCCESS)
     }
 }
@@ -241,7 +257,8 @@ pub struct MarkBadCmd {
 impl MarkBadCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let reboot = Cycle::new(d.device()?).mark_bad(self.no_reboot)?;
+        let cycle = Cycle::new(d.device()?);
+        let reboot = cycle.mark_bad(self.no_reboot)?;
         if d.json {
             println!(
                 "{}",
@@ -251,6 +268,7 @@ impl MarkBadCmd {
             println!("booted slot marked bad");
             print_reboot(&reboot);
         }
+        reboot_if_due(&cycle, &reboot)?;
         Ok(std::process::ExitCode::SUCCESS)
     }
 }
