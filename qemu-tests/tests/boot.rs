@@ -58,11 +58,6 @@ impl TestDisk {
         let path = scratch.path("disk.img");
         let mut spec = disk::spec(&util::usr_image_fs("1", fs_kind), &path)?;
         spec.sector_size = sector_size;
-        if sector_size == 4096 {
-            // image-tools disk lets mke2fs choose the ROOT block size, and below 512 MiB it
-            // picks 1 KiB blocks, which Linux cannot mount on a 4096-byte-sector disk.
-            spec.root_size = 512 << 20;
-        }
         let report = disk::assemble(&spec)?;
         disk::write_usr(&path, &SlotId::B, &util::usr_image_fs("2", fs_kind))?;
         Ok(TestDisk {

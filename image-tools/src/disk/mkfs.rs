@@ -98,11 +98,13 @@ pub fn make_esp(
     Ok(())
 }
 
-/// Makes an ext4 filesystem labelled `label` of `bytes` at `path`, filled from `tree`.
+/// Makes an ext4 filesystem labelled `label` of `bytes` at `path`, filled from `tree`, with
+/// 4 KiB blocks whatever its size (mke2fs would pick 1 KiB blocks below 512 MiB, which Linux
+/// cannot mount on a disk with 4096-byte logical sectors).
 pub fn make_ext4(path: &Path, bytes: u64, label: &str, tree: &Path) -> Result<(), DiskError> {
     sized_file(path, bytes)?;
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .args(["-q", "-F", "-b", "4096", "-L", label, "-E", "root_owner=0:0", "-d"])
         .arg(tree)
         .arg(path))
 }
