@@ -10,7 +10,7 @@
 # and prints: install throughput / baseline throughput (target >= 1.0), peak RSS of the
 # install (target <= 32 MiB), payload size / one-frame zstd size (target <= 1.03), and the
 # static binary's size (target <= 4 MiB) and `ldd` verdict. Each timing is the best of
-# $BENCH_RUNS (default 3) runs, alternating baseline and install.
+# $BENCH_RUNS (default 5) runs, alternating baseline and install.
 #
 # Usage: scripts/bench-install.sh
 # Optional: BENCH_SRC (directories), BENCH_LEVEL, BENCH_RUNS, BENCH_DIR (work directory),
@@ -22,7 +22,7 @@ source scripts/deps.sh
 install_deps
 
 LEVEL=${BENCH_LEVEL:-12}
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 read -r -a SRC <<<"${BENCH_SRC:-/usr/bin /usr/share/locale}"
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/bench-install.XXXXXX)}
@@ -55,7 +55,8 @@ FRAMES=$(zstd -lv "$WORK/usr.img.zst" 2>/dev/null | awk '/^# Zstandard Frames:/ 
 
 echo "== device: disk image with USR-A (booted, version 1) and USR-B"
 SLOT_MIB=$(((IMG_BYTES >> 20) + 16))
-truncate -s $(((2 * SLOT_MIB + 2) << 20)) "$WORK/disk.img"
+# Allocated, not sparse: a real partition has its blocks already.
+fallocate -l $(((2 * SLOT_MIB + 2) << 20)) "$WORK/disk.img"
 sgdisk -o -n "3:2048:+${SLOT_MIB}M" -t 3:5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6 -c 3:USR-A \
   -n "4:0:+${SLOT_MIB}M" -t 4:5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6 -c 4:USR-B "$WORK/disk.img" >/dev/null
 cgpt add -i 3 -P 1 -T 0 -S 1 "$WORK/disk.img"
