@@ -419,3 +419,39 @@ fn retries_a_transient_read_failure_within_one_run() {
     assert_eq!(report.retries, 1);
     assert_eq!(dev.slot_bytes(&SlotId::B)[..image.len()], image[..]);
 }
+
+#[test]
+fn a_resumed_install_still_refuses_a_corrupt_frame_after_the_checkpoint() {
+    let dev = Device::new();
+    let image = util::image_bytes(40 * 4096, 11);
+    let parts = util::parts(&image, "2.0");
+    let mut bytes = parts.assemble(&[util::test_key()]);
+    let l = util::layout(&bytes);
+    // Chunk 31 is incompressible, stored raw: its frame's last byte is image byte 32 * 4096 - 1.
+    let end31 = l.frames
+        + parts
+            .entries
+            .iter()
+            .take(32)
+            .map(|e| e.frame_len as usize)
+            .sum::<usize>();
+    bytes[end31 - 1] ^= 0x10;
+    let p = dev.payload("p", &bytes);
+    let (src, _) = flaky(&p, (l.frames + (bytes.len() - l.frames) / 3) as u64);
+    install(&dev.spec(), src, &options(), &mut NoProgress).unwrap_err();
+    let (src, opened) = flaky(&p, u64::MAX);
+    let err = install(&dev.spec(), src, &options(), &mut NoProgress).unwrap_err();
+    assert!(opened.lock().unwrap()[1] > l.frames as u64, "resumed");
+    let mut chunk31 = image[31 * 4096..32 * 4096].to_vec();
+    chunk31[4095] ^= 0x10;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "chunk 31 at image offset {}: SHA-256 mismatch: expected {}, found {}",
+            31 * 4096,
+            updater::payload::Sha256Digest::of(&image[31 * 4096..32 * 4096]),
+            updater::payload::Sha256Digest::of(&chunk31)
+        )
+    );
+    assert_eq!(dev.slot(&SlotId::B).attrs, UNBOOTABLE);
+}
