@@ -30,7 +30,7 @@ mkdir -p "$WORK"
 [ -n "${BENCH_KEEP:-}" ] || trap 'rm -rf "$WORK"' EXIT
 
 echo "== building the static updater (musl, non-PIE) and image-tools"
-RUSTFLAGS="-C relocation-model=static" cargo build -q --release -p updater \
+cargo build -q --release -p updater \
   --target x86_64-unknown-linux-musl
 cargo build -q --release -p image-tools
 UPDATER=$TARGET_DIR/x86_64-unknown-linux-musl/release/updater

@@ -96,6 +96,11 @@ pub trait Source: Send {
     fn open_at(&mut self, offset: u64) -> io::Result<Stream>;
     /// Total length, when known (after the first open for HTTP).
     fn total_len(&self) -> Option<u64>;
+    /// A block device: its length is whole sectors, so bytes after the payload's end are
+    /// padding, not trailing data.
+    fn is_block_device(&self) -> bool {
+        false
+    }
 }
 
 /// Whether an error from a source is worth retrying.
@@ -117,6 +122,7 @@ pub fn is_transient(e: &io::Error) -> bool {
 pub struct FileSource {
     path: PathBuf,
     len: u64,
+    block_device: bool,
 }
 
 impl FileSource {
@@ -124,9 +130,12 @@ impl FileSource {
     pub fn open(path: &Path) -> io::Result<FileSource> {
         let mut f = File::open(path)?;
         let len = f.seek(SeekFrom::End(0))?;
+        let block_device =
+            std::os::unix::fs::FileTypeExt::is_block_device(&f.metadata()?.file_type());
         Ok(FileSource {
             path: path.to_owned(),
             len,
+            block_device,
         })
     }
 }
@@ -142,6 +151,9 @@ impl Source for FileSource {
     }
     fn total_len(&self) -> Option<u64> {
         Some(self.len)
+    }
+    fn is_block_device(&self) -> bool {
+        self.block_device
     }
 }
 

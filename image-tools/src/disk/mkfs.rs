@@ -104,7 +104,17 @@ pub fn make_esp(
 pub fn make_ext4(path: &Path, bytes: u64, label: &str, tree: &Path) -> Result<(), DiskError> {
     sized_file(path, bytes)?;
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-L",
+            label,
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(tree)
         .arg(path))
 }

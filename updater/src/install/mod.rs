@@ -465,6 +465,7 @@ pub fn install(
             source,
         }
     };
+    let padded_device = source.is_block_device();
     let mut reader = ResumingReader::new(source, 0, opts.retry).map_err(read_err(0))?;
     let prelude = payload::read_prelude(&mut reader, &keys).map_err(|e| match e {
         ReadError::Payload(p) => InstallError::Payload(p),
@@ -607,14 +608,28 @@ pub fn install(
                 }
                 Ok(())
             };
-        let streamed = pipeline::run(
-            &mut reader,
-            entries,
-            start,
-            m.chunk_size,
-            opts.threads,
-            &mut sink,
-        );
+        // A block device ends on a sector boundary: read it up to the payload's end only.
+        let streamed = if padded_device {
+            let left = prelude.chunks.payload_end().saturating_sub(resume_offset);
+            let mut payload_only = std::io::Read::take(&mut reader, left);
+            pipeline::run(
+                &mut payload_only,
+                entries,
+                start,
+                m.chunk_size,
+                opts.threads,
+                &mut sink,
+            )
+        } else {
+            pipeline::run(
+                &mut reader,
+                entries,
+                start,
+                m.chunk_size,
+                opts.threads,
+                &mut sink,
+            )
+        };
         let streamed = streamed.and_then(|()| {
             // The tail: durable, then to the verifier like the rest.
             writer.sync().map_err(pipeline::PipelineError::Sink)?;
