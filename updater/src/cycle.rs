@@ -262,8 +262,9 @@ impl Cycle {
         let booted = self.booted(&disk)?;
         let name = slot_name(&booted);
         let pending = self.pending()?;
+        let version = self.booted_version();
         self.history
-            .record_version(&booted.partuuid.to_string(), &self.booted_version())
+            .record_version(&booted.partuuid.to_string(), &version)
             .context("recording the booted version")?;
         if booted.attrs.successful {
             if let Some(p) = pending {
@@ -299,7 +300,6 @@ impl Cycle {
             return Ok(HealthOutcome::AlreadyCommitted { slot: name });
         }
 
-        let version = self.booted_version();
         let checks = HealthChecks::discover(&self.dev.root)?;
         let limits = Limits {
             check_timeout: self.settings.check_timeout,

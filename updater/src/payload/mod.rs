@@ -907,13 +907,11 @@ pub enum ReadError {
     Io(#[source] std::io::Error),
 }
 
-/// Reads the prelude from the start of a payload stream, checking in order: header bounds,
-/// manifest bounds, signatures against `keys`, then the chunk table against the manifest.
-/// The stream is left at the first frame.
-pub fn read_prelude(
+/// Reads and parses (without trusting) the header, the manifest with its exact bytes, and the
+/// signature block from the start of a stream; every length is bounded by [`Header::parse`].
+fn read_signed_part(
     r: &mut dyn std::io::Read,
-    keys: &TrustedKeys,
-) -> Result<VerifiedPrelude, ReadError> {
+) -> Result<(Header, Vec<u8>, Manifest, SignatureBlock), ReadError> {
     let header = read_header(r)?;
     let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
     read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
@@ -926,11 +924,31 @@ pub fn read_prelude(
     )?;
     let manifest = Manifest::parse(&manifest_bytes)?;
     let block = SignatureBlock::parse(&sig_bytes)?;
-    let signed_by = verify_signatures(&manifest_bytes, &block, keys)?;
+    Ok((header, manifest_bytes, manifest, block))
+}
+
+/// Reads the chunk table that follows the signature block and checks it against `manifest`.
+fn read_chunk_table(
+    r: &mut dyn std::io::Read,
+    manifest: &Manifest,
+    header: &Header,
+) -> Result<ChunkTable, ReadError> {
     // Bounded: chunk_count <= MAX_CHUNK_COUNT was checked by Manifest::parse.
     let mut table = vec![0u8; manifest.chunk_table_len() as usize];
     read_region(r, &mut table, "chunk table", header.chunk_table_offset())?;
-    let chunks = ChunkTable::parse(&table, &manifest, &header)?;
+    Ok(ChunkTable::parse(&table, manifest, header)?)
+}
+
+/// Reads the prelude from the start of a payload stream, checking in order: header bounds,
+/// manifest bounds, signatures against `keys`, then the chunk table against the manifest.
+/// The stream is left at the first frame.
+pub fn read_prelude(
+    r: &mut dyn std::io::Read,
+    keys: &TrustedKeys,
+) -> Result<VerifiedPrelude, ReadError> {
+    let (header, manifest_bytes, manifest, block) = read_signed_part(r)?;
+    let signed_by = verify_signatures(&manifest_bytes, &block, keys)?;
+    let chunks = read_chunk_table(r, &manifest, &header)?;
     Ok(VerifiedPrelude {
         header,
         manifest,
@@ -1009,21 +1027,8 @@ pub struct Inspection {
 
 /// Parses the prelude without checking signatures, for display.
 pub fn inspect(r: &mut dyn std::io::Read) -> Result<Inspection, ReadError> {
-    let header = read_header(r)?;
-    let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
-    read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
-    let mut sig_bytes = vec![0u8; header.signatures_len as usize];
-    read_region(
-        r,
-        &mut sig_bytes,
-        "signature block",
-        header.signatures_offset(),
-    )?;
-    let manifest = Manifest::parse(&manifest_bytes)?;
-    let signatures = SignatureBlock::parse(&sig_bytes)?;
-    let mut table = vec![0u8; manifest.chunk_table_len() as usize];
-    read_region(r, &mut table, "chunk table", header.chunk_table_offset())?;
-    let chunks = ChunkTable::parse(&table, &manifest, &header)?;
+    let (header, _, manifest, signatures) = read_signed_part(r)?;
+    let chunks = read_chunk_table(r, &manifest, &header)?;
     Ok(Inspection {
         header,
         manifest,
