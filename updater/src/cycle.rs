@@ -18,19 +18,19 @@
 //!
 //! The machine is rebooted only as [`RebootStrategy`] allows, never with `--no-reboot`, and
 //! never when `--root` is not `/` (a root prefix means a test or an image, not this machine).
+pub use crate::bootstate::slot_name;
+use crate::bootstate::{BootState, BootedState, OtherState};
 use crate::config::{RebootStrategy, Settings};
+use crate::device::{check_unique_partuuids, DeviceSpec};
 use crate::health::{HealthChecks, Limits};
 use crate::history::{now, FailedVersion, FailedVersions, HealthReport, History};
-use crate::install::DeviceSpec;
-use crate::osrelease::OsRelease;
+use crate::lock::{UpdaterLock, DEFAULT_LOCK_WAIT};
 use crate::state::{PendingInstall, StateDir, PENDING};
 use anyhow::{bail, Context};
 use bootctl::{Slot, SlotDisk, SlotId};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-
-/// Marker written when a reboot is needed but not done (strategy `off`).
-pub const REBOOT_REQUIRED: &str = "run/reboot-required";
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// What happened about rebooting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,6 +110,8 @@ pub struct Status {
     pub booted: String,
     /// The slot GRUB boots next (none: the fallback entry).
     pub next: Option<String>,
+    /// Where both slots stand in the update cycle.
+    pub boot_state: BootState,
     /// Both slots.
     pub slots: Vec<SlotStatus>,
     /// A flipped install waiting for its first healthy boot.
@@ -118,16 +120,10 @@ pub struct Status {
     pub failed: FailedVersions,
     /// The last health verdict.
     pub last_health: Option<HealthReport>,
+    /// Health checks installed (0: a trial boot commits without checking anything).
+    pub health_checks: usize,
     /// Configuration warnings.
     pub config_warnings: Vec<String>,
-}
-
-/// `A`/`B` for the slots labelled USR-A/USR-B, else the partition number.
-pub fn slot_name(s: &Slot) -> String {
-    s.label
-        .strip_prefix("USR-")
-        .filter(|l| *l == "A" || *l == "B")
-        .map_or_else(|| s.number.to_string(), str::to_string)
 }
 
 /// The update cycle of one device.
@@ -137,19 +133,27 @@ pub struct Cycle {
     settings: Settings,
     state: StateDir,
     history: History,
+    lock_wait: Duration,
 }
 
 impl Cycle {
     /// The cycle of `dev`, with its configuration loaded.
     pub fn new(dev: DeviceSpec) -> Cycle {
         let settings = Settings::load(&dev.root);
-        let state = StateDir::under_root(&dev.root);
+        let state = dev.state();
         Cycle {
             history: History::new(state.clone()),
             state,
             settings,
             dev,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
+    }
+
+    /// Waits up to `wait` for another updater's lock (default [`DEFAULT_LOCK_WAIT`]).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Cycle {
+        self.lock_wait = wait;
+        self
     }
 
     /// The configuration in force.
@@ -157,32 +161,44 @@ impl Cycle {
         &self.settings
     }
 
-    fn open(&self, writable: bool) -> anyhow::Result<SlotDisk> {
-        SlotDisk::open(&self.dev.disk, writable, None)
-            .with_context(|| format!("reading the GPT of {}", self.dev.disk.display()))
+    fn lock(&self, operation: &str) -> anyhow::Result<UpdaterLock> {
+        Ok(UpdaterLock::acquire(
+            &self.dev.lock_path(),
+            operation,
+            self.lock_wait,
+        )?)
     }
 
-    fn booted(&self, disk: &SlotDisk) -> anyhow::Result<Slot> {
-        disk.slot(&self.dev.booted).with_context(|| {
+    fn open(&self, writable: bool) -> anyhow::Result<SlotDisk> {
+        let disk = SlotDisk::open(&self.dev.disk, writable, None)
+            .with_context(|| format!("reading the GPT of {}", self.dev.disk.display()))?;
+        check_unique_partuuids(&disk, &self.dev.disk)?;
+        Ok(disk)
+    }
+
+    /// The booted slot, the other slot, and where they stand.
+    fn slots(&self, disk: &SlotDisk) -> anyhow::Result<(Slot, Slot, BootState)> {
+        let booted = disk.slot(&self.dev.booted).with_context(|| {
             format!(
                 "finding the booted slot {} on {}",
                 self.dev.booted,
                 self.dev.disk.display()
             )
-        })
+        })?;
+        let other = disk.other(&self.dev.booted).with_context(|| {
+            format!(
+                "finding the slot other than {} on {}",
+                self.dev.booted,
+                self.dev.disk.display()
+            )
+        })?;
+        let st = BootState::classify(&booted, &other, self.pending()?);
+        Ok((booted, other, st))
     }
 
-    /// `IMAGE_VERSION` of the running image (`ROOT/usr/lib/os-release`).
+    /// `IMAGE_VERSION` of the running image (`ROOT/usr/lib/os-release`), or `unknown`.
     pub fn booted_version(&self) -> String {
-        let path = self.dev.root.join("usr/lib/os-release");
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| {
-                OsRelease::parse(&t)
-                    .get("IMAGE_VERSION")
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| "unknown".into())
+        self.dev.booted_version_or_unknown()
     }
 
     fn pending(&self) -> anyhow::Result<Option<PendingInstall>> {
@@ -191,14 +207,18 @@ impl Cycle {
             .context("reading the pending install")
     }
 
+    fn clear_pending(&self) -> anyhow::Result<()> {
+        self.state
+            .remove(PENDING)
+            .context("clearing the pending install")
+    }
+
     fn clear_pending_for(&self, slot: &Slot) -> anyhow::Result<()> {
         if self.pending()?.is_some_and(|p| {
             p.slot_partuuid
                 .eq_ignore_ascii_case(&slot.partuuid.to_string())
         }) {
-            self.state
-                .remove(PENDING)
-                .context("clearing the pending install")?;
+            self.clear_pending()?;
         }
         Ok(())
     }
@@ -243,10 +263,10 @@ impl Cycle {
         if no_reboot {
             return Ok(RebootAction::Skipped);
         }
-        if self.settings.reboot == RebootStrategy::Immediate && self.dev.root == Path::new("/") {
+        if self.settings.reboot == RebootStrategy::Immediate && self.dev.is_live() {
             return Ok(RebootAction::Rebooting);
         }
-        let marker = self.dev.root.join(REBOOT_REQUIRED);
+        let marker = self.dev.reboot_marker();
         if let Some(dir) = marker.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -255,47 +275,27 @@ impl Cycle {
         Ok(RebootAction::Required { marker })
     }
 
-    /// The boot-time run: commit after healthy checks, or mark bad and reboot, or record a
-    /// pending install that never came up.
+    /// The boot-time run: commit after healthy checks, or mark bad and reboot, or record an
+    /// install in the other slot that never came up (see [`crate::bootstate`]).
     pub fn health(&self, no_reboot: bool) -> anyhow::Result<HealthOutcome> {
+        let _lock = self.lock("health")?;
         let mut disk = self.open(true)?;
-        let booted = self.booted(&disk)?;
-        let name = slot_name(&booted);
-        let pending = self.pending()?;
+        let (booted, other, st) = self.slots(&disk)?;
+        let name = st.booted_name.clone();
         let version = self.booted_version();
-        self.history
+        // Never fatal: the verdict matters more than the version list of `status`.
+        if let Err(e) = self
+            .history
             .record_version(&booted.partuuid.to_string(), &version)
-            .context("recording the booted version")?;
-        if booted.attrs.successful {
-            if let Some(p) = pending {
-                if p.slot_partuuid
-                    .eq_ignore_ascii_case(&booted.partuuid.to_string())
-                {
-                    self.state
-                        .remove(PENDING)
-                        .context("clearing the pending install")?;
-                } else if p.flipped {
-                    let reason = format!(
-                        "never came up: slot {} was not committed before the next boot (crash, hang, panic or power loss before its health checks passed); GRUB fell back to slot {name}",
-                        p.slot
-                    );
-                    self.record_failed(
-                        FailedVersion {
-                            version: p.version.clone(),
-                            slot: p.slot.clone(),
-                            reason: reason.clone(),
-                            ..Default::default()
-                        },
-                        true,
-                    )?;
-                    self.state
-                        .remove(PENDING)
-                        .context("clearing the pending install")?;
-                    return Ok(HealthOutcome::PendingNeverCameUp {
-                        version: p.version,
-                        reason,
-                    });
-                }
+        {
+            log::warn!("recording the booted version: {e}");
+        }
+        if st.booted == BootedState::Committed {
+            if st.stale_pending.is_some() {
+                self.clear_pending()?;
+            }
+            if st.never_came_up() {
+                return self.record_never_came_up(&mut disk, &other, &st);
             }
             return Ok(HealthOutcome::AlreadyCommitted { slot: name });
         }
@@ -321,9 +321,9 @@ impl Cycle {
             at: now(),
             ..Default::default()
         };
-        self.history
-            .set_health(&report)
-            .context("recording the health verdict")?;
+        if let Err(e) = self.history.set_health(&report) {
+            log::warn!("recording the health verdict: {e}");
+        }
         if verdict.passed {
             disk.mark_good(&self.dev.booted).with_context(|| {
                 format!("committing slot {name} on {}", self.dev.disk.display())
@@ -335,9 +335,11 @@ impl Cycle {
                 summary: verdict.summary,
             });
         }
-        let other = disk.other(&self.dev.booted)?;
         let failed = verdict.failed_check();
-        self.record_failed(
+        // Recorded before the GPT changes (a power cut then still leaves the record), but a
+        // record that cannot be written must not keep a failed slot booting: mark it bad
+        // anyway and report the recording error afterwards.
+        let recorded = self.record_failed(
             FailedVersion {
                 version: version.clone(),
                 slot: name.clone(),
@@ -347,7 +349,7 @@ impl Cycle {
                 at: now(),
             },
             false,
-        )?;
+        );
         if !other.attrs.is_bootable() {
             bail!(
                 "{} on slot {name}, but slot {} is not bootable: leaving slot {name} as it is",
@@ -358,6 +360,7 @@ impl Cycle {
         disk.mark_bad(&self.dev.booted)
             .with_context(|| format!("marking slot {name} bad on {}", self.dev.disk.display()))?;
         self.clear_pending_for(&booted)?;
+        recorded?;
         let reboot = self.reboot(no_reboot)?;
         Ok(HealthOutcome::RolledBack {
             slot: name,
@@ -367,25 +370,70 @@ impl Cycle {
         })
     }
 
+    /// The other slot was flipped, GRUB spent its tries on it, and we are back on the committed
+    /// slot: record its version as failed (from the pending record), then make it unbootable
+    /// so the classification is not repeated.
+    fn record_never_came_up(
+        &self,
+        disk: &mut SlotDisk,
+        other: &Slot,
+        st: &BootState,
+    ) -> anyhow::Result<HealthOutcome> {
+        let reason = format!(
+            "never came up: slot {} used its boot tries without being committed (crash, hang, panic or power loss before its health checks passed); GRUB fell back to slot {}",
+            st.other_name, st.booted_name
+        );
+        let version = match &st.pending {
+            Some(p) => {
+                self.record_failed(
+                    FailedVersion {
+                        version: p.version.clone(),
+                        slot: st.other_name.clone(),
+                        reason: reason.clone(),
+                        ..Default::default()
+                    },
+                    true,
+                )?;
+                p.version.clone()
+            }
+            None => {
+                log::warn!("slot {} never came up, but no pending install names it: its version is unknown and not recorded", st.other_name);
+                "unknown".into()
+            }
+        };
+        disk.mark_bad(&SlotId::Number(other.number))
+            .with_context(|| {
+                format!(
+                    "marking slot {} bad on {}",
+                    st.other_name,
+                    self.dev.disk.display()
+                )
+            })?;
+        self.clear_pending()?;
+        Ok(HealthOutcome::PendingNeverCameUp { version, reason })
+    }
+
     /// Makes the other slot next: a committed one by priority alone, a verified but never
     /// committed one with one try. Refuses a slot that holds neither.
     pub fn rollback(&self, no_reboot: bool) -> anyhow::Result<(String, RebootAction)> {
+        let _lock = self.lock("rollback")?;
         let mut disk = self.open(true)?;
-        let booted = self.booted(&disk)?;
-        let other = disk.other(&self.dev.booted)?;
+        let (booted, other, st) = self.slots(&disk)?;
         let other_id = SlotId::Number(other.number);
-        let pending_for_other = self.pending()?.is_some_and(|p| {
-            p.slot_partuuid
-                .eq_ignore_ascii_case(&other.partuuid.to_string())
-        });
-        if other.attrs.successful {
-            disk.prioritize(&other_id)?;
-        } else if pending_for_other {
-            disk.set_next(&other_id, 1)?;
-        } else {
-            bail!("slot {} holds no committed or freshly verified image: refusing to make it bootable", slot_name(&other));
+        match st.other {
+            OtherState::CommittedFallback => {
+                disk.prioritize(&other_id)?;
+            }
+            OtherState::Pending | OtherState::Written if st.pending.is_some() => {
+                disk.set_next(&other_id, 1)?;
+            }
+            _ => bail!(
+                "slot {} holds no committed or freshly verified image ({:?}): refusing to make it bootable",
+                st.other_name,
+                st.other
+            ),
         }
-        if !booted.attrs.successful {
+        if st.booted != BootedState::Committed {
             self.record_booted_failed(
                 &booted,
                 "rolled back by the operator before it was committed",
@@ -393,13 +441,15 @@ impl Cycle {
             )?;
             self.clear_pending_for(&booted)?;
         }
-        Ok((slot_name(&other), self.reboot(no_reboot)?))
+        Ok((st.other_name.clone(), self.reboot(no_reboot)?))
     }
 
-    /// Commits the booted slot by hand.
+    /// Commits the booted slot by hand (a slot booted through grub.cfg's fallback entry also
+    /// gets the top priority back).
     pub fn mark_good(&self) -> anyhow::Result<bool> {
+        let _lock = self.lock("mark-good")?;
         let mut disk = self.open(true)?;
-        let booted = self.booted(&disk)?;
+        let (booted, _, _) = self.slots(&disk)?;
         let wrote = disk.mark_good(&self.dev.booted)?;
         self.clear_pending_for(&booted)?;
         Ok(wrote)
@@ -407,14 +457,14 @@ impl Cycle {
 
     /// Marks the booted slot bad by hand and reboots into the other one.
     pub fn mark_bad(&self, no_reboot: bool) -> anyhow::Result<RebootAction> {
+        let _lock = self.lock("mark-bad")?;
         let mut disk = self.open(true)?;
-        let booted = self.booted(&disk)?;
-        let other = disk.other(&self.dev.booted)?;
+        let (booted, other, st) = self.slots(&disk)?;
         if !other.attrs.is_bootable() {
             bail!(
                 "slot {} is not bootable: marking slot {} bad would leave nothing to boot",
-                slot_name(&other),
-                slot_name(&booted)
+                st.other_name,
+                st.booted_name
             );
         }
         self.record_booted_failed(&booted, "marked bad by the operator", false)?;
@@ -426,12 +476,13 @@ impl Cycle {
     /// Both slots, the next boot, the pending install, failed versions, the last verdict.
     pub fn status(&self) -> anyhow::Result<Status> {
         let mut disk = self.open(false)?;
-        let booted = self.booted(&disk)?;
+        let (booted, _, st) = self.slots(&disk)?;
         let next = disk.select(false)?.map(|s| s.slot);
         let pending = self.pending()?;
         let failed = self.history.failed()?;
         let last_health = self.history.health()?;
         let known = self.history.versions()?;
+        let health_checks = HealthChecks::discover(&self.dev.root).map_or(0, |c| c.checks.len());
         let slots = disk
             .slots()
             .into_iter()
@@ -459,10 +510,12 @@ impl Cycle {
         Ok(Status {
             booted: slot_name(&booted),
             next: next.as_ref().map(slot_name),
+            boot_state: st,
             slots,
             pending,
             failed,
             last_health,
+            health_checks,
             config_warnings: self.settings.warnings.clone(),
         })
     }
@@ -596,10 +649,10 @@ mod tests {
         assert_eq!(
             reboot,
             RebootAction::Required {
-                marker: r.root().join(REBOOT_REQUIRED)
+                marker: r.root().join("run/reboot-required")
             }
         );
-        assert!(r.root().join(REBOOT_REQUIRED).exists());
+        assert!(r.root().join("run/reboot-required").exists());
         assert_eq!(r.attrs(SlotId::B), s(0, 0, false));
         assert_eq!(r.grub_boots(), "A");
         let f = r.failed();
@@ -632,7 +685,7 @@ mod tests {
             panic!()
         };
         assert_eq!(reboot, RebootAction::Skipped);
-        assert!(!r.root().join(REBOOT_REQUIRED).exists());
+        assert!(!r.root().join("run/reboot-required").exists());
     }
 
     #[test]

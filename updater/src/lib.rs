@@ -4,19 +4,24 @@
 //! checks with commit and rollback, device state and configuration. Slot state on disk is read
 //! and written through the [`bootctl`] crate.
 //!
-//! Brief overview: [`payload`] (the signed chunked format; its writer only with the `writer`
+//! Brief overview: [`device`] (which disk and slot are booted, paths under the root),
+//! [`bootstate`] (where the device stands in the update cycle), [`lock`] (the one lock of
+//! every writer), [`payload`] (the signed chunked format; its writer only with the `writer`
 //! feature), [`version`] (UAPI version ordering), [`osrelease`] (os-release parsing),
 //! [`source`] (files and HTTP with resume), [`install`] (the install pipeline), [`state`]
 //! (atomic state files), [`config`] (TOML drop-ins), [`health`] (running health checks),
 //! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status).
 #![deny(missing_docs)]
 
+pub mod bootstate;
 pub mod cli;
 pub mod config;
 pub mod cycle;
+pub mod device;
 pub mod health;
 pub mod history;
 pub mod install;
+pub mod lock;
 pub mod osrelease;
 pub mod payload;
 pub mod source;

@@ -287,6 +287,8 @@ fn options() -> InstallOptions {
             attempts: 1,
             ..RetryPolicy::default()
         },
+        force: false,
+        lock_wait: std::time::Duration::ZERO,
     }
 }
 

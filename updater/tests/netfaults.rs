@@ -184,6 +184,8 @@ fn run_install(
             initial_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
         },
+        force: false,
+        lock_wait: std::time::Duration::ZERO,
     };
     install(&dev.spec(), source, &opts, &mut NoProgress)
 }

@@ -1,6 +1,7 @@
 //! The boot-cycle subcommands (`health`, `status`, `rollback`,
 //! `mark-good`, `mark-bad`): argument types and output, the work being in [`crate::cycle`].
 use super::GlobalArgs;
+use crate::bootstate::{BootedState, OtherState};
 use crate::cycle::{Cycle, HealthOutcome, RebootAction, Status};
 use clap::Args;
 
@@ -41,7 +42,7 @@ pub struct HealthCmd {
 impl HealthCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let cycle = Cycle::new(d.device()?);
+        let cycle = Cycle::new(d.device()?).with_lock_wait(d.lock_wait());
         let outcome = cycle.health(self.no_reboot)?;
         if d.json {
             println!("{}", serde_json::to_string(&outcome)?);
@@ -90,7 +91,9 @@ pub struct StatusCmd {}
 impl StatusCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let status = Cycle::new(d.device()?).status()?;
+        let status = Cycle::new(d.device()?)
+            .with_lock_wait(d.lock_wait())
+            .status()?;
         if d.json {
             println!("{}", serde_json::to_string(&status)?);
         } else {
@@ -138,7 +141,33 @@ pub fn render_status(s: &Status) -> String {
             slot.gpt.partuuid.to_string()
         );
     }
+    let st = &s.boot_state;
+    let _ = writeln!(
+        o,
+        "state: slot {} {}, slot {} {}",
+        st.booted_name,
+        match st.booted {
+            BootedState::Committed => "committed",
+            BootedState::Trial => "on trial (not committed: run `updater health`)",
+            BootedState::FallbackBoot => "booted by GRUB's fallback entry (no slot was bootable)",
+        },
+        st.other_name,
+        match st.other {
+            OtherState::Unbootable => "unbootable",
+            OtherState::Written => "written and verified, not flipped",
+            OtherState::Pending => "pending: boots next on trial",
+            OtherState::NeverCameUp => "never came up (its tries are spent)",
+            OtherState::CommittedFallback => "committed (the fallback)",
+        }
+    );
     match &s.pending {
+        Some(p) if p.flipped && st.pending.is_some() && st.other == OtherState::Unbootable => {
+            let _ = writeln!(
+                o,
+                "pending: version {} in slot {}, interrupted before the flip: run the install again",
+                p.version, p.slot
+            );
+        }
         Some(p) => {
             let _ = writeln!(
                 o,
@@ -182,6 +211,12 @@ pub fn render_status(s: &Status) -> String {
             }
         }
     }
+    if s.health_checks == 0 {
+        let _ = writeln!(
+            o,
+            "health checks: none installed (a trial boot is committed without checks)"
+        );
+    }
     for w in &s.config_warnings {
         let _ = writeln!(o, "config warning: {w}");
     }
@@ -202,7 +237,7 @@ pub struct RollbackCmd {
 impl RollbackCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let cycle = Cycle::new(d.device()?);
+        let cycle = Cycle::new(d.device()?).with_lock_wait(d.lock_wait());
         let (slot, reboot) = cycle.rollback(self.no_reboot)?;
         if d.json {
             println!("{}", serde_json::json!({"next": slot, "reboot": reboot}));
@@ -228,7 +263,9 @@ pub struct MarkGoodCmd {
 impl MarkGoodCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let wrote = Cycle::new(d.device()?).mark_good()?;
+        let wrote = Cycle::new(d.device()?)
+            .with_lock_wait(d.lock_wait())
+            .mark_good()?;
         if d.json {
             println!(
                 "{}",
@@ -257,7 +294,7 @@ pub struct MarkBadCmd {
 impl MarkBadCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
-        let cycle = Cycle::new(d.device()?);
+        let cycle = Cycle::new(d.device()?).with_lock_wait(d.lock_wait());
         let reboot = cycle.mark_bad(self.no_reboot)?;
         if d.json {
             println!(

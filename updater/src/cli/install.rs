@@ -37,6 +37,10 @@ pub struct InstallCmd {
     /// the configuration, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=15))]
     pub tries: Option<u32>,
+    /// Install even though the booted slot is not committed (its other slot may then be
+    /// the only fallback, and this overwrites it).
+    #[arg(long)]
+    pub force: bool,
     /// Bytes written between durable checkpoints (resume points).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, hide = true)]
     pub checkpoint_bytes: u64,
@@ -105,6 +109,8 @@ impl InstallCmd {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             checkpoint_bytes: self.checkpoint_bytes,
             retry: RetryPolicy::default(),
+            force: self.force,
+            lock_wait: global.lock_wait(),
         };
         let mut progress = reporter(global.json);
         install(&device, source, &opts, progress.as_mut())

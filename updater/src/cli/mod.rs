@@ -2,17 +2,16 @@
 //! (`install`, `cycle`). Parsing and printing only; the work is in the library modules.
 //!
 //! Without `--disk`, the disk and the booted slot come from the kernel command line's
-//! `mount.usr=PARTUUID=…` (the partition GRUB booted) through `/dev/disk/by-partuuid` and sysfs.
+//! `mount.usr=PARTUUID=…` (the partition GRUB booted); see [`crate::device`] for the rules.
 
 pub mod cycle;
 pub mod install;
 pub mod progress;
 
-use crate::install::DeviceSpec;
-use anyhow::{bail, Context};
-use bootctl::{SlotDisk, SlotId};
+use crate::device::DeviceSpec;
+use bootctl::SlotId;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Options every command takes.
 #[derive(Args, Debug, Clone)]
@@ -29,92 +28,26 @@ pub struct GlobalArgs {
     /// Print progress and the result as JSON lines on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-}
-
-/// The PARTUUID in `mount.usr=PARTUUID=…` of a kernel command line, lower-cased.
-pub fn booted_partuuid(cmdline: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mount.usr=PARTUUID="))
-        .map(|u| u.to_ascii_lowercase())
-}
-
-/// The whole disk holding the partition with this PARTUUID.
-fn disk_of_partuuid(partuuid: &str) -> anyhow::Result<PathBuf> {
-    let link = Path::new("/dev/disk/by-partuuid").join(partuuid);
-    let part =
-        std::fs::canonicalize(&link).with_context(|| format!("resolving {}", link.display()))?;
-    let name = part
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("naming {}", part.display()))?;
-    let sys = Path::new("/sys/class/block").join(name);
-    let sys =
-        std::fs::canonicalize(&sys).with_context(|| format!("resolving {}", sys.display()))?;
-    let parent = sys
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("finding the disk of {}", sys.display()))?;
-    Ok(Path::new("/dev").join(parent))
+    /// Seconds to wait for another updater holding the lock before giving up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    pub lock_wait: u64,
 }
 
 impl GlobalArgs {
-    /// Resolves the disk, the booted slot and the root.
+    /// Resolves the disk, the booted slot and the root ([`DeviceSpec::resolve`] with
+    /// `/proc/cmdline`).
     pub fn device(&self) -> anyhow::Result<DeviceSpec> {
-        let cmdline = || {
-            std::fs::read_to_string("/proc/cmdline")
-                .ok()
-                .and_then(|c| booted_partuuid(&c))
-        };
-        let disk = match &self.disk {
-            Some(d) => d.clone(),
-            None => {
-                let Some(uuid) = cmdline() else {
-                    bail!("no mount.usr=PARTUUID= on the kernel command line; pass --disk FILE and --booted A|B");
-                };
-                disk_of_partuuid(&uuid)?
-            }
-        };
-        let booted = match &self.booted {
-            Some(b) => b.clone(),
-            None => {
-                let uuid = cmdline().context(
-                    "finding the booted slot: no mount.usr=PARTUUID= on the kernel command line; pass --booted A|B",
-                )?;
-                let slots = SlotDisk::open(&disk, false, None)
-                    .with_context(|| format!("reading slots of {}", disk.display()))?;
-                let number = slots
-                    .slots()
-                    .into_iter()
-                    .find(|s| s.partuuid.to_string().eq_ignore_ascii_case(&uuid))
-                    .with_context(|| {
-                        format!("finding the booted slot: PARTUUID {uuid} is not a slot of {}; pass --booted A|B", disk.display())
-                    })?
-                    .number;
-                SlotId::Number(number)
-            }
-        };
-        Ok(DeviceSpec {
-            disk,
-            booted,
-            root: self.root.clone(),
-        })
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        DeviceSpec::resolve(
+            self.disk.clone(),
+            self.booted.clone(),
+            self.root.clone(),
+            &cmdline,
+        )
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_usr_partuuid_on_a_kernel_command_line() {
-        let c =
-            "BOOT_IMAGE=/boot/vmlinuz mount.usr=PARTUUID=7130C94A-213A-4E5A-8E26-6CCE9662F132 rw";
-        assert_eq!(
-            booted_partuuid(c).as_deref(),
-            Some("7130c94a-213a-4e5a-8e26-6cce9662f132")
-        );
-        assert_eq!(booted_partuuid("root=/dev/sda9 ro"), None);
+    /// How long to wait for another updater's lock.
+    pub fn lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_wait)
     }
 }

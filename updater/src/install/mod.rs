@@ -1,60 +1,44 @@
 //! `updater install`: put a signed payload into the passive slot and make it the next boot.
 //!
-//! The order is the contract (DESIGN §5–6, issue 3):
+//! Three stages, each a type, so the order is the code's shape (DESIGN §5–6, issue 14):
 //!
-//! 1. parse the payload prelude with every length bounds-checked, verify its signature
-//!    against the trusted keys, check the chunk table against the signed manifest;
-//! 2. check `compatible` against the booted `IMAGE_ID`, the version against the booted
-//!    `IMAGE_VERSION` (strictly newer unless downgrades are allowed), the expiry, and the image
-//!    size against the passive slot — nothing has been written yet;
-//! 3. mark the passive slot unbootable (the first write);
-//! 4. stream the frames through [`pipeline`]: each chunk decoded with a capped window and
-//!    verified before [`SlotWriter`] writes it; checkpoints ([`crate::state::InstallProgress`])
-//!    after fsyncs let a later run resume;
-//! 5. read every chunk of the image back from the device (`O_DIRECT`, beside the stream, so
-//!    it costs little time) and verify it again, then fsync;
-//! 6. flip: the passive slot becomes the next boot with `tries` attempts (unless `flip` is off).
+//! 1. [`plan`] holds every refusal and opens nothing for writing. It takes the updater lock
+//!    ([`crate::lock`]) first, so the slots it judges are the slots it later writes; reads the
+//!    device's facts ([`crate::device`]); refuses an ambiguous disk, a target range that
+//!    touches the booted slot or is the device mounted on `/usr`, and a booted slot that is not
+//!    committed ([`crate::bootstate`], unless `force`); parses the payload prelude with every
+//!    length bounds-checked, verifies its signature against the trusted keys, checks the chunk
+//!    table against the signed manifest; checks `compatible` against the booted `IMAGE_ID`,
+//!    the version (strictly newer unless downgrades are allowed, never a failed one unless
+//!    allowed), the expiry, and the image size against the slot.
+//! 2. [`InstallPlan::write`] stores the checkpoint (the state directory must take writes
+//!    before the disk is touched), marks the passive slot unbootable, streams the frames
+//!    through [`pipeline`] (each chunk decoded with a capped window and verified before
+//!    [`SlotWriter`] writes it; checkpoints ([`crate::state::InstallProgress`]) after fsyncs
+//!    let a later run resume), and reads every chunk back from the device (`O_DIRECT`, beside
+//!    the stream) and verifies it again.
+//! 3. [`WrittenSlot::finish`] records the pending install, then flips: the passive slot becomes
+//!    the next boot with `tries` attempts (unless `flip` is off).
 //!
 //! The booted slot is never opened for writing: [`SlotWriter`] only covers the passive slot and
-//! refuses any range outside it.
+//! refuses any range outside it; every GPT write re-reads both copies (bootctl) under the lock.
 
 pub mod pipeline;
 
+use crate::bootstate::{slot_name, BootState, BootStateRefusal};
+use crate::device::DeviceError;
+pub use crate::device::DeviceSpec;
+use crate::lock::{LockError, UpdaterLock};
 use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest, TrustedKeys};
 use crate::source::{ResumingReader, RetryPolicy, Source};
-use crate::state::{InstallProgress, PendingInstall, StateDir, StateError};
+use crate::state::{InstallProgress, PendingInstall, StateError, INSTALL_PROGRESS, PENDING};
 use crate::version::compare_versions;
 use bootctl::{Slot, SlotDisk, SlotId};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-
-/// The device an install works on: its disk, the booted slot, and its root directory.
-#[derive(Debug, Clone)]
-pub struct DeviceSpec {
-    /// The disk (block device or disk-image file) holding both slots.
-    pub disk: PathBuf,
-    /// The booted slot (never written).
-    pub booted: SlotId,
-    /// The device's `/`: keys, the booted os-release and state live under it.
-    pub root: PathBuf,
-}
-
-impl DeviceSpec {
-    /// The key directories: `ROOT/usr/lib/updater/keys.d` then `ROOT/etc/updater/keys.d`.
-    pub fn key_dirs(&self) -> Vec<PathBuf> {
-        vec![
-            self.root.join("usr/lib/updater/keys.d"),
-            self.root.join("etc/updater/keys.d"),
-        ]
-    }
-
-    /// The booted image's os-release: `ROOT/usr/lib/os-release`.
-    pub fn os_release(&self) -> PathBuf {
-        self.root.join("usr/lib/os-release")
-    }
-}
+use std::time::Duration;
 
 /// How to install.
 #[derive(Debug, Clone)]
@@ -75,6 +59,11 @@ pub struct InstallOptions {
     pub checkpoint_bytes: u64,
     /// Retries of transient read failures.
     pub retry: RetryPolicy,
+    /// Install even though the booted slot is not committed (its other slot may be the only
+    /// fallback: see [`crate::bootstate`]).
+    pub force: bool,
+    /// How long to wait for another updater's lock.
+    pub lock_wait: Duration,
 }
 
 /// What an install did.
@@ -118,15 +107,22 @@ pub enum InstallError {
         /// The directories searched.
         dirs: String,
     },
-    /// The booted os-release cannot be read or lacks a field.
-    #[error("reading {field} from the booted os-release {path}: {reason}")]
-    BootedRelease {
-        /// The file.
-        path: PathBuf,
-        /// The field.
-        field: &'static str,
+    /// The device's facts (booted release, PARTUUIDs, the /usr mount) forbid the install.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Another updater holds the lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The boot state forbids writing the other slot.
+    #[error(transparent)]
+    BootState(#[from] BootStateRefusal),
+    /// The target slot's range is unusable or touches the booted slot.
+    #[error("refusing to write partition {target}: {why}")]
+    TargetGeometry {
+        /// The target partition number.
+        target: u32,
         /// What is wrong.
-        reason: String,
+        why: String,
     },
     /// The disk or its slots cannot be used.
     #[error("using slots of {path}")]
@@ -388,47 +384,47 @@ impl<'a> SlotWriter<'a> {
     }
 }
 
-fn slot_name(disk: &SlotDisk, slot: &Slot) -> String {
-    for id in [SlotId::A, SlotId::B] {
-        if disk.slot(&id).is_ok_and(|s| s.number == slot.number) {
-            return id.to_string();
-        }
-    }
-    slot.number.to_string()
+/// Stage 1 of an install: every check passed and nothing written. It holds the updater lock
+/// (taken before the GPT is read, so the slots it judged are the slots it writes), the
+/// verified payload prelude positioned at its first frame, and the refusal-free plan.
+pub struct InstallPlan {
+    device: DeviceSpec,
+    opts: InstallOptions,
+    _lock: UpdaterLock,
+    reader: ResumingReader,
+    padded_device: bool,
+    source_name: String,
+    prelude: payload::VerifiedPrelude,
+    target: Slot,
+    target_name: String,
+    booted_version: String,
+    start: u32,
 }
 
-fn booted_release(device: &DeviceSpec) -> Result<(String, String), InstallError> {
-    let path = device.os_release();
-    let err = |field, reason: String| InstallError::BootedRelease {
-        path: path.clone(),
-        field,
-        reason,
-    };
-    let len = std::fs::metadata(&path)
-        .map_err(|e| err("IMAGE_ID", e.to_string()))?
-        .len();
-    if len > crate::osrelease::MAX_OS_RELEASE_LEN {
-        return Err(err("IMAGE_ID", format!("file is {len} bytes")));
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| err("IMAGE_ID", e.to_string()))?;
-    let r = crate::osrelease::OsRelease::parse(&text);
-    let id = r
-        .get("IMAGE_ID")
-        .ok_or_else(|| err("IMAGE_ID", "not set".into()))?;
-    let version = r
-        .get("IMAGE_VERSION")
-        .ok_or_else(|| err("IMAGE_VERSION", "not set".into()))?;
-    Ok((id.to_owned(), version.to_owned()))
+/// Stage 2's result: the target slot holds the image, durable and read back; not flipped.
+pub struct WrittenSlot {
+    plan: InstallPlan,
+    retries: u32,
 }
 
-/// Installs the payload from `source` into the passive slot of `device`. See the module doc
-/// for the order of checks and writes.
-pub fn install(
+fn read_err(source_name: &str, offset: u64) -> impl FnOnce(std::io::Error) -> InstallError {
+    let source_name = source_name.to_owned();
+    move |source| InstallError::Read {
+        source_name,
+        offset,
+        source,
+    }
+}
+
+/// Stage 1: takes the lock, reads the device's facts and the payload's prelude, and makes
+/// every refusal (keys, boot state, slot geometry, signature, compatible, version, failed
+/// versions, expiry, size) with the disk opened read-only. See the module doc.
+pub fn plan(
     device: &DeviceSpec,
     source: Box<dyn Source>,
     opts: &InstallOptions,
-    progress: &mut dyn Progress,
-) -> Result<InstallReport, InstallError> {
+) -> Result<InstallPlan, InstallError> {
+    let lock = UpdaterLock::acquire(&device.lock_path(), "install", opts.lock_wait)?;
     let keys = TrustedKeys::load_dirs(&device.key_dirs())?;
     if keys.is_empty() {
         return Err(InstallError::NoTrustedKeys {
@@ -440,54 +436,51 @@ pub fn install(
                 .join(", "),
         });
     }
-    let (booted_id, booted_version) = booted_release(device)?;
+    let release = device.booted_release()?;
     let disk_err = |source| InstallError::Disk {
         path: device.disk.clone(),
         source,
     };
-    let mut disk = SlotDisk::open(&device.disk, true, None).map_err(disk_err)?;
+    let disk = SlotDisk::open(&device.disk, false, None).map_err(disk_err)?;
+    crate::device::check_unique_partuuids(&disk, &device.disk)?;
     let booted = disk.slot(&device.booted).map_err(disk_err)?;
     let target = disk.other(&device.booted).map_err(disk_err)?;
-    if target.number == booted.number {
-        return Err(InstallError::TargetIsBooted {
-            number: target.number,
-        });
-    }
-    let target_name = slot_name(&disk, &target);
-
-    // 1. Parse, verify the signature, check the chunk table.
-    let source_name = source.describe();
-    let read_err = |offset: u64| {
-        let source_name = source_name.clone();
-        move |source| InstallError::Read {
-            source_name,
-            offset,
-            source,
+    check_target_geometry(&booted, &target)?;
+    device.refuse_mounted_usr(&target)?;
+    let state = device.state();
+    let boot_state = BootState::classify(&booted, &target, state.load(PENDING)?);
+    if let Some(refusal) = boot_state.install_refusal() {
+        if !opts.force {
+            return Err(refusal.into());
         }
-    };
+        log::warn!("{refusal} (forced)");
+    }
+    let target_name = slot_name(&target);
+
+    // The signed part first: nothing of the payload is trusted before its signature.
+    let source_name = source.describe();
     let padded_device = source.is_block_device();
-    let mut reader = ResumingReader::new(source, 0, opts.retry).map_err(read_err(0))?;
+    let mut reader =
+        ResumingReader::new(source, 0, opts.retry).map_err(read_err(&source_name, 0))?;
     let prelude = payload::read_prelude(&mut reader, &keys).map_err(|e| match e {
         ReadError::Payload(p) => InstallError::Payload(p),
-        ReadError::Io(io) => read_err(reader.offset())(io),
+        ReadError::Io(io) => read_err(&source_name, reader.offset())(io),
     })?;
     let m = &prelude.manifest;
-
-    // 2. Is it for us, newer, current, and does it fit?
-    if m.compatible != booted_id {
+    if m.compatible != release.image_id {
         return Err(InstallError::WrongCompatible {
             payload: m.compatible.clone(),
-            device: booted_id,
+            device: release.image_id,
         });
     }
-    if !opts.allow_downgrade && compare_versions(&m.version, &booted_version).is_le() {
+    if !opts.allow_downgrade && compare_versions(&m.version, &release.version).is_le() {
         return Err(InstallError::NotNewer {
             payload: m.version.clone(),
-            booted: booted_version,
+            booted: release.version,
         });
     }
     if !opts.allow_failed {
-        let failed = crate::history::History::new(StateDir::under_root(&device.root)).failed()?;
+        let failed = crate::history::History::new(state.clone()).failed()?;
         if let Some(f) = failed.find(&m.version) {
             return Err(InstallError::PreviouslyFailed {
                 version: m.version.clone(),
@@ -510,16 +503,13 @@ pub fn install(
             slot_size: target.byte_len(),
         });
     }
-    progress.phase("verified", 0);
 
     // Resume only the same payload into the same slot, still unbootable since the checkpoint.
-    let state = StateDir::under_root(&device.root);
     let payload_id = prelude.payload_id().to_string();
-    let partuuid = target.partuuid.to_string();
-    let start = match state.load::<InstallProgress>(crate::state::INSTALL_PROGRESS)? {
+    let start = match state.load::<InstallProgress>(INSTALL_PROGRESS)? {
         Some(p)
             if p.payload_id == payload_id
-                && p.slot_partuuid == partuuid
+                && p.slot_partuuid == target.partuuid.to_string()
                 && p.chunk_count == m.chunk_count
                 && p.next_chunk <= m.chunk_count
                 && !target.attrs.is_bootable() =>
@@ -528,174 +518,309 @@ pub fn install(
         }
         _ => 0,
     };
-    let checkpoint = |next_chunk: u32| InstallProgress {
-        format_version: crate::state::STATE_FORMAT_VERSION,
-        payload_id: payload_id.clone(),
-        slot_partuuid: partuuid.clone(),
-        version: m.version.clone(),
-        next_chunk,
-        chunk_count: m.chunk_count,
+    Ok(InstallPlan {
+        device: device.clone(),
+        opts: opts.clone(),
+        _lock: lock,
+        reader,
+        padded_device,
+        source_name,
+        prelude,
+        target,
+        target_name,
+        booted_version: release.version,
+        start,
+    })
+}
+
+/// Refuses a target slot whose byte range is empty, overflows, or touches the booted slot's
+/// (a CRC-valid GPT can still describe overlapping partitions).
+fn check_target_geometry(booted: &Slot, target: &Slot) -> Result<(), InstallError> {
+    let range = |s: &Slot| -> Option<(u64, u64)> {
+        let size = u64::from(s.sector_size);
+        let first = s.first_lba.checked_mul(size)?;
+        let end = s.last_lba.checked_add(1)?.checked_mul(size)?;
+        (first < end).then_some((first, end))
     };
+    let bad = |why: String| InstallError::TargetGeometry {
+        target: target.number,
+        why,
+    };
+    if target.number == booted.number {
+        return Err(InstallError::TargetIsBooted {
+            number: target.number,
+        });
+    }
+    let t = range(target).ok_or_else(|| {
+        bad(format!(
+            "LBAs {}..={} do not make a byte range",
+            target.first_lba, target.last_lba
+        ))
+    })?;
+    let b = range(booted).ok_or_else(|| {
+        bad(format!(
+            "the booted partition {}'s LBAs {}..={} do not make a byte range",
+            booted.number, booted.first_lba, booted.last_lba
+        ))
+    })?;
+    if t.0 < b.1 && b.0 < t.1 {
+        return Err(bad(format!(
+            "bytes {}..{} overlap the booted partition {} at bytes {}..{}",
+            t.0, t.1, booted.number, b.0, b.1
+        )));
+    }
+    Ok(())
+}
 
-    // 3. The first write: the passive slot stops being bootable.
-    disk.mark_bad(&SlotId::Number(target.number))
-        .map_err(disk_err)?;
-    state.remove(crate::state::PENDING)?;
-    state.store(crate::state::INSTALL_PROGRESS, &checkpoint(start))?;
+impl InstallPlan {
+    /// The verified manifest.
+    pub fn manifest(&self) -> &payload::Manifest {
+        &self.prelude.manifest
+    }
 
-    // 4. Stream: read → decode and verify (all cores) → write, checkpointing as we go.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&device.disk)
-        .map_err(|source| InstallError::SlotIo {
-            action: "opening".into(),
-            slot: target.label.clone(),
-            disk: device.disk.clone(),
-            offset: 0,
+    /// The slot to be written.
+    pub fn target(&self) -> &Slot {
+        &self.target
+    }
+
+    /// The chunk the write starts at (0 unless resuming).
+    pub fn start_chunk(&self) -> u32 {
+        self.start
+    }
+
+    /// Stage 2: records the checkpoint, makes the target unbootable (the first write to the
+    /// disk, after the state directory proved writable), streams every chunk verified into
+    /// it with durable checkpoints, and reads the whole image back from the device.
+    pub fn write(mut self, progress: &mut dyn Progress) -> Result<WrittenSlot, InstallError> {
+        progress.phase("verified", 0);
+        let device = self.device.clone();
+        let state = device.state();
+        let disk_err = |source| InstallError::Disk {
+            path: device.disk.clone(),
             source,
-        })?;
-    let writer = SlotWriter::new(&file, &device.disk, &target);
-    let entries = &prelude.chunks.entries;
-    // A crash after the last checkpoint leaves nothing to stream: resume at the payload end
-    // and go on to the read-back (found by the crash-point sweep, tests/crashpoints.rs).
-    let (resume_offset, resume_image_offset) = match entries.get(start as usize) {
-        Some(e) => (e.payload_offset, e.image_offset),
-        None => (prelude.chunks.payload_end(), m.image_size),
-    };
-    reader
-        .seek_to(resume_offset)
-        .map_err(read_err(resume_offset))?;
-    progress.phase("writing", m.image_size);
-    let mut since_checkpoint = 0u64;
-    let mut done = resume_image_offset;
-    progress.advance(done);
-    // The read-back runs beside the stream: a verifier thread reads each chunk back from the
-    // device once a checkpoint's fsync has made it clean (chunks of an earlier, interrupted run
-    // first), so its reads never wait for writeback while later chunks decode.
-    let direct = writer.open_direct();
-    let (written_tx, written_rx) = std::sync::mpsc::channel::<u32>();
-    for i in 0..start {
-        written_tx.send(i).expect("receiver alive");
-    }
-    let mut unsynced: Vec<u32> = Vec::new();
-    let abort = std::sync::atomic::AtomicBool::new(false);
-    let (streamed, read_back) = std::thread::scope(|s| {
-        let verifier = s.spawn(|| -> Result<(), InstallError> {
-            let mut buf = Vec::new();
-            for i in written_rx {
-                if abort.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                writer.read_back_chunk(direct.as_ref(), i, &entries[i as usize], &mut buf)?;
-            }
-            Ok(())
-        });
-        let mut sink =
-            |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
-                writer.write_chunk(index, e.image_offset, data)?;
-                unsynced.push(index);
-                since_checkpoint += data.len() as u64;
-                done += data.len() as u64;
-                progress.advance(done);
-                if since_checkpoint >= opts.checkpoint_bytes {
-                    writer.sync()?;
-                    state.store(crate::state::INSTALL_PROGRESS, &checkpoint(index + 1))?;
-                    since_checkpoint = 0;
-                    for i in unsynced.drain(..) {
-                        let _ = written_tx.send(i);
-                    }
-                }
-                Ok(())
-            };
-        // A block device ends on a sector boundary: read it up to the payload's end only.
-        let streamed = if padded_device {
-            let left = prelude.chunks.payload_end().saturating_sub(resume_offset);
-            let mut payload_only = std::io::Read::take(&mut reader, left);
-            pipeline::run(
-                &mut payload_only,
-                entries,
-                start,
-                m.chunk_size,
-                opts.threads,
-                &mut sink,
-            )
-        } else {
-            pipeline::run(
-                &mut reader,
-                entries,
-                start,
-                m.chunk_size,
-                opts.threads,
-                &mut sink,
-            )
         };
-        let streamed = streamed.and_then(|()| {
-            // The tail: durable, then to the verifier like the rest.
-            writer.sync().map_err(pipeline::PipelineError::Sink)?;
-            for i in unsynced.drain(..) {
-                let _ = written_tx.send(i);
-            }
-            Ok(())
-        });
-        drop(written_tx);
-        if streamed.is_err() {
-            abort.store(true, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            progress.phase("reading back", m.image_size);
-        }
-        let read_back = verifier.join().expect("read-back thread panicked");
-        (streamed, read_back)
-    });
-    match streamed {
-        Ok(()) => {}
-        Err(pipeline::PipelineError::Payload(p)) => return Err(p.into()),
-        Err(pipeline::PipelineError::Read { offset, source }) => {
-            return Err(read_err(offset)(source))
-        }
-        Err(pipeline::PipelineError::Sink(e)) => return Err(e),
-    }
-
-    // 5. Every chunk was made durable, read back from the device and verified.
-    if let Err(e) = read_back {
-        // What is on the slot is wrong: the next attempt starts over.
-        state.remove(crate::state::INSTALL_PROGRESS)?;
-        return Err(e);
-    }
-    progress.advance(m.image_size);
-    writer.sync()?;
-
-    // 6. Flip: the slot becomes the next boot (the last write).
-    if opts.flip {
-        disk.set_next(&SlotId::Number(target.number), opts.tries)
-            .map_err(disk_err)?;
-        progress.phase("flipped", 0);
-    }
-    state.store(
-        crate::state::PENDING,
-        &PendingInstall {
+        let m = &self.prelude.manifest;
+        let payload_id = self.prelude.payload_id().to_string();
+        let partuuid = self.target.partuuid.to_string();
+        let checkpoint = |next_chunk: u32| InstallProgress {
             format_version: crate::state::STATE_FORMAT_VERSION,
-            slot: target_name.clone(),
+            payload_id: payload_id.clone(),
             slot_partuuid: partuuid.clone(),
             version: m.version.clone(),
-            payload_id: payload_id.clone(),
-            flipped: opts.flip,
-        },
-    )?;
-    state.remove(crate::state::INSTALL_PROGRESS)?;
-    Ok(InstallReport {
-        slot: target_name,
-        partuuid,
-        version: m.version.clone(),
-        booted_version,
-        payload_id,
-        signed_by: KeyId::to_string(&prelude.signed_by),
-        image_size: m.image_size,
-        resumed_from_chunk: start,
-        chunk_count: m.chunk_count,
-        retries: reader.retries,
-        flipped: opts.flip,
-    })
+            next_chunk,
+            chunk_count: m.chunk_count,
+        };
+        let start = self.start;
+
+        // The first writes: state (so an unwritable state directory stops us before the disk
+        // is touched), then the target stops being bootable.
+        state.store(INSTALL_PROGRESS, &checkpoint(start))?;
+        state.remove(PENDING)?;
+        let mut disk = SlotDisk::open(&device.disk, true, None).map_err(disk_err)?;
+        disk.mark_bad(&SlotId::Number(self.target.number))
+            .map_err(disk_err)?;
+        drop(disk);
+
+        // Stream: read → decode and verify (all cores) → write, checkpointing as we go.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&device.disk)
+            .map_err(|source| InstallError::SlotIo {
+                action: "opening".into(),
+                slot: self.target.label.clone(),
+                disk: device.disk.clone(),
+                offset: 0,
+                source,
+            })?;
+        let writer = SlotWriter::new(&file, &device.disk, &self.target);
+        let entries = &self.prelude.chunks.entries;
+        // A crash after the last checkpoint leaves nothing to stream: resume at the payload end
+        // and go on to the read-back (found by the crash-point sweep, tests/crashpoints.rs).
+        let (resume_offset, resume_image_offset) = match entries.get(start as usize) {
+            Some(e) => (e.payload_offset, e.image_offset),
+            None => (self.prelude.chunks.payload_end(), m.image_size),
+        };
+        let source_name = self.source_name.clone();
+        self.reader
+            .seek_to(resume_offset)
+            .map_err(read_err(&source_name, resume_offset))?;
+        progress.phase("writing", m.image_size);
+        let mut since_checkpoint = 0u64;
+        let mut done = resume_image_offset;
+        progress.advance(done);
+        // The read-back runs beside the stream: a verifier thread reads each chunk back from
+        // the device once a checkpoint's fsync has made it clean (chunks of an earlier,
+        // interrupted run first), so its reads never wait for writeback while later chunks
+        // decode.
+        let direct = writer.open_direct();
+        let (written_tx, written_rx) = std::sync::mpsc::channel::<u32>();
+        for i in 0..start {
+            written_tx.send(i).expect("receiver alive");
+        }
+        let mut unsynced: Vec<u32> = Vec::new();
+        let abort = std::sync::atomic::AtomicBool::new(false);
+        let padded_device = self.padded_device;
+        let reader = &mut self.reader;
+        let opts = &self.opts;
+        let (streamed, read_back) = std::thread::scope(|s| {
+            let verifier = s.spawn(|| -> Result<(), InstallError> {
+                let mut buf = Vec::new();
+                for i in written_rx {
+                    if abort.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    writer.read_back_chunk(direct.as_ref(), i, &entries[i as usize], &mut buf)?;
+                }
+                Ok(())
+            });
+            let mut sink =
+                |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
+                    writer.write_chunk(index, e.image_offset, data)?;
+                    unsynced.push(index);
+                    since_checkpoint += data.len() as u64;
+                    done += data.len() as u64;
+                    progress.advance(done);
+                    if since_checkpoint >= opts.checkpoint_bytes {
+                        writer.sync()?;
+                        state.store(INSTALL_PROGRESS, &checkpoint(index + 1))?;
+                        since_checkpoint = 0;
+                        for i in unsynced.drain(..) {
+                            let _ = written_tx.send(i);
+                        }
+                    }
+                    Ok(())
+                };
+            // A block device ends on a sector boundary: read it up to the payload's end only.
+            let streamed = if padded_device {
+                let left = self
+                    .prelude
+                    .chunks
+                    .payload_end()
+                    .saturating_sub(resume_offset);
+                let mut payload_only = std::io::Read::take(&mut *reader, left);
+                pipeline::run(
+                    &mut payload_only,
+                    entries,
+                    start,
+                    m.chunk_size,
+                    opts.threads,
+                    &mut sink,
+                )
+            } else {
+                pipeline::run(
+                    &mut *reader,
+                    entries,
+                    start,
+                    m.chunk_size,
+                    opts.threads,
+                    &mut sink,
+                )
+            };
+            let streamed = streamed.and_then(|()| {
+                // The tail: durable, then to the verifier like the rest.
+                writer.sync().map_err(pipeline::PipelineError::Sink)?;
+                for i in unsynced.drain(..) {
+                    let _ = written_tx.send(i);
+                }
+                Ok(())
+            });
+            drop(written_tx);
+            if streamed.is_err() {
+                abort.store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                progress.phase("reading back", m.image_size);
+            }
+            let read_back = verifier.join().expect("read-back thread panicked");
+            (streamed, read_back)
+        });
+        match streamed {
+            Ok(()) => {}
+            Err(pipeline::PipelineError::Payload(p)) => return Err(p.into()),
+            Err(pipeline::PipelineError::Read { offset, source }) => {
+                return Err(read_err(&source_name, offset)(source))
+            }
+            Err(pipeline::PipelineError::Sink(e)) => return Err(e),
+        }
+        // Every chunk was made durable, read back from the device and verified.
+        if let Err(e) = read_back {
+            // What is on the slot is wrong: the next attempt starts over.
+            state.remove(INSTALL_PROGRESS)?;
+            return Err(e);
+        }
+        progress.advance(m.image_size);
+        writer.sync()?;
+        let retries = self.reader.retries;
+        Ok(WrittenSlot {
+            plan: self,
+            retries,
+        })
+    }
+}
+
+impl WrittenSlot {
+    /// Stage 3: records the pending install, then flips the slot to boot next (the last
+    /// write), then drops the checkpoint. The record goes first so that a flip is never on
+    /// disk without it: a slot that then never comes up is recorded as failed by name.
+    pub fn finish(self, progress: &mut dyn Progress) -> Result<InstallReport, InstallError> {
+        let p = &self.plan;
+        let device = &p.device;
+        let state = device.state();
+        let m = &p.prelude.manifest;
+        let payload_id = p.prelude.payload_id().to_string();
+        let partuuid = p.target.partuuid.to_string();
+        state.store(
+            PENDING,
+            &PendingInstall {
+                format_version: crate::state::STATE_FORMAT_VERSION,
+                slot: p.target_name.clone(),
+                slot_partuuid: partuuid.clone(),
+                version: m.version.clone(),
+                payload_id: payload_id.clone(),
+                flipped: p.opts.flip,
+            },
+        )?;
+        if p.opts.flip {
+            let mut disk =
+                SlotDisk::open(&device.disk, true, None).map_err(|source| InstallError::Disk {
+                    path: device.disk.clone(),
+                    source,
+                })?;
+            disk.set_next(&SlotId::Number(p.target.number), p.opts.tries)
+                .map_err(|source| InstallError::Disk {
+                    path: device.disk.clone(),
+                    source,
+                })?;
+            progress.phase("flipped", 0);
+        }
+        state.remove(INSTALL_PROGRESS)?;
+        Ok(InstallReport {
+            slot: p.target_name.clone(),
+            partuuid,
+            version: m.version.clone(),
+            booted_version: p.booted_version.clone(),
+            payload_id,
+            signed_by: KeyId::to_string(&p.prelude.signed_by),
+            image_size: m.image_size,
+            resumed_from_chunk: p.start,
+            chunk_count: m.chunk_count,
+            retries: self.retries,
+            flipped: p.opts.flip,
+        })
+    }
+}
+
+/// Installs the payload from `source` into the passive slot of `device`: [`plan`], then
+/// [`InstallPlan::write`], then [`WrittenSlot::finish`]. See the module doc.
+pub fn install(
+    device: &DeviceSpec,
+    source: Box<dyn Source>,
+    opts: &InstallOptions,
+    progress: &mut dyn Progress,
+) -> Result<InstallReport, InstallError> {
+    plan(device, source, opts)?
+        .write(progress)?
+        .finish(progress)
 }
 
 #[cfg(test)]
