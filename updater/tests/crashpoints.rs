@@ -3,6 +3,8 @@
 //! flush or rename and loses every disk write not yet flushed, for every N. After each crash:
 //! GRUB's rule picks the old slot or a slot whose every byte is the signed image, both GPT copies
 //! validate after repair, every state file parses, and rerunning the operation finishes it.
+//! Invariant 7 too (issue 14): wherever an install was cut, if GRUB would boot the new slot and
+//! it never comes up, the old slot's next `health` records its version as failed.
 use crate::util::{self, Device};
 use bootctl::{SlotDisk, SlotId};
 use std::path::{Path, PathBuf};
@@ -96,8 +98,61 @@ fn check_after_crash(dev: &Device, what: &str, a_image: &[u8], images: &[&[u8]])
     }
 }
 
+/// A copy of `dev` (disk and root), to play out a future without disturbing it.
+fn clone_device(dev: &Device) -> Device {
+    let copy = Device::new();
+    std::fs::copy(dev.disk(), copy.disk()).unwrap();
+    let _ = std::fs::remove_dir_all(copy.root());
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(dev.root())
+        .arg(copy.root())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    copy
+}
+
+/// Invariant 7 after a crash of an install of `version` booted from A: if GRUB would now
+/// boot another slot, that slot dies before its health check on every try, GRUB falls back,
+/// and A's `health` must record `version` as failed.
+/// How many crash points left a new slot bootable (and so exercised invariant 7).
+static NEW_SLOT_BOOTABLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) {
+    let future = clone_device(dev);
+    let mut booted_new = false;
+    loop {
+        let mut disk = SlotDisk::open(&future.disk(), true, None).unwrap();
+        let sel = disk.select(true).unwrap().expect("something bootable");
+        if sel.slot.label == "USR-A" {
+            break;
+        }
+        booted_new = true;
+    }
+    if !booted_new {
+        return;
+    }
+    NEW_SLOT_BOOTABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (out, _) = run(&future, "A", &["health", "--no-reboot"], 0);
+    assert!(
+        out.status.success(),
+        "{what}: health on A after the new slot died: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = updater::history::History::new(updater::state::StateDir::under_root(
+        &future.root(),
+    ))
+    .failed()
+    .unwrap();
+    assert!(
+        failed.find(version).is_some(),
+        "{what}: the new slot booted and never came up, but {version} is not recorded as failed"
+    );
+}
+
 /// Sweeps every crash point of `args` run on a device prepared by `prepare`; `finish` checks
-/// the result of the rerun.
+/// the result of the rerun; `after_crash` checks more invariants on the crashed device.
 fn sweep(
     name: &str,
     booted: &str,
@@ -105,6 +160,7 @@ fn sweep(
     args: impl Fn(&Device) -> Vec<String>,
     prepare: impl Fn(&Device),
     finish: impl Fn(&Device),
+    after_crash: impl Fn(&Device, &str),
 ) -> usize {
     let probe = Device::new();
     prepare(&probe);
@@ -135,6 +191,7 @@ fn sweep(
             &a_image,
             &[image],
         );
+        after_crash(&dev, &format!("{name}, crash before op {n}/{total}"));
         let (out, _) = run(&dev, booted, &args(&dev), 0);
         assert!(
             out.status.success(),
@@ -189,8 +246,12 @@ fn install_and_flip_survive_a_crash_at_every_write_and_flush() {
             );
             assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
         },
+        |dev, what| check_never_came_up_is_recorded(dev, what, "2.0"),
     );
     assert!(n > 40, "{n} crash points");
+    let bootable = NEW_SLOT_BOOTABLE.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("crashpoints: install: {bootable} crash points left slot B bootable; each recorded 2.0 as failed when B never came up");
+    assert!(bootable > 0, "no crash point reached the flip");
 }
 
 /// What the reboot does after an install: GRUB boots B and uses its one try.
@@ -224,6 +285,7 @@ fn commit_survives_a_crash_at_every_write_and_flush() {
             let b = dev.slot(&SlotId::B).attrs;
             assert!(b.successful && b.tries == 0, "B not committed: {b}");
         },
+        |_, _| {},
     );
 }
 
@@ -243,5 +305,6 @@ fn rollback_survives_a_crash_at_every_write_and_flush() {
             let mut d = SlotDisk::open(&dev.disk(), false, None).unwrap();
             assert_eq!(d.select(false).unwrap().unwrap().slot.label, "USR-A");
         },
+        |_, _| {},
     );
 }
