@@ -140,11 +140,10 @@ fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) {
         "{what}: health on A after the new slot died: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let failed = updater::history::History::new(updater::state::StateDir::under_root(
-        &future.root(),
-    ))
-    .failed()
-    .unwrap();
+    let failed =
+        updater::history::History::new(updater::state::StateDir::under_root(&future.root()))
+            .failed()
+            .unwrap();
     assert!(
         failed.find(version).is_some(),
         "{what}: the new slot booted and never came up, but {version} is not recorded as failed"

@@ -365,3 +365,41 @@ fn mark_good_after_a_fallback_boot_makes_the_slot_bootable_again() {
     assert!(a.successful && a.priority > 0, "{a}");
     assert_eq!(grub_boots(&dev), "A");
 }
+
+// Test strength (mutants in install/mod.rs): the size limit is inclusive, and a chunk of a
+// whole MiB is written and read back.
+
+#[test]
+fn an_image_exactly_the_slot_size_installs_and_one_byte_more_is_refused() {
+    let dev = Device::new();
+    let exact = util::image_bytes(util::USR_BYTES as usize, 7);
+    let opts = util::PackOptions {
+        chunk_size: 1 << 20,
+        ..util::opts("testbox", "2.0")
+    };
+    let fits = util::PayloadParts::from_image(&exact, &opts)
+        .unwrap()
+        .assemble(&[util::test_key()]);
+    let p = dev.payload("exact", &fits);
+    ok(on(&dev, "A", "1.0", &["install", p.to_str().unwrap()]));
+    assert!(dev.slot_bytes(&SlotId::B) == exact);
+
+    let dev = Device::new();
+    let over = util::image_bytes(util::USR_BYTES as usize + 4096, 7);
+    let big = util::PayloadParts::from_image(&over, &util::opts("testbox", "2.0"))
+        .unwrap()
+        .assemble(&[util::test_key()]);
+    let p = dev.payload("over", &big);
+    let out = on(&dev, "A", "1.0", &["install", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "image of {} bytes does not fit slot USR-B of {} bytes",
+            util::USR_BYTES + 4096,
+            util::USR_BYTES
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
+}

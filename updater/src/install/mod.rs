@@ -250,6 +250,15 @@ impl Progress for NoProgress {
     fn advance(&mut self, _: u64) {}
 }
 
+/// How a read-back reached the bytes it checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPath {
+    /// From the device, around the page cache (`O_DIRECT`).
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
 /// Writes into one slot of a disk and nowhere else: offsets are relative to the slot, and a
 /// write past its end is refused before it reaches the disk.
 pub struct SlotWriter<'a> {
@@ -313,40 +322,47 @@ impl<'a> SlotWriter<'a> {
             .map_err(self.io_err("syncing".into(), self.slot.byte_offset()))
     }
 
-    /// Reads chunk `index` back from the slot into `buf` and checks it against `entry`.
+    /// Reads chunk `index` back from the slot into `buf` and checks it against `entry`;
+    /// says which path the bytes came by.
     ///
     /// With a direct handle (`O_DIRECT`) the read comes from the device: the kernel first
-    /// writes out any dirty page of the range, then reads around the page cache. Without one
-    /// (filesystems that refuse `O_DIRECT`, such as tmpfs) the read is buffered.
+    /// writes out any dirty page of the range, then reads around the page cache. Direct reads
+    /// need an aligned offset and length, so the read covers the aligned window around the
+    /// chunk (whole 4 KiB blocks, or whole 512-byte sectors where 4 KiB would leave the slot)
+    /// and the chunk is cut out of it: a slot that does not start on a 4 KiB boundary is read
+    /// back from the device too. Without a direct handle (filesystems that refuse `O_DIRECT`,
+    /// such as tmpfs) the read is buffered.
     pub fn read_back_chunk(
         &self,
         direct: Option<&File>,
         index: u32,
         entry: &payload::ChunkEntry,
         buf: &mut Vec<u8>,
-    ) -> Result<(), InstallError> {
+    ) -> Result<ReadPath, InstallError> {
         let at = self.slot.byte_offset() + entry.image_offset;
         let len = entry.image_len as usize;
-        let slot_end = self.slot.byte_offset() + self.slot.byte_len();
-        let round = |n: usize, to: usize| n.div_ceil(to) * to;
+        let slot_start = self.slot.byte_offset();
+        let slot_end = slot_start + self.slot.byte_len();
         let err = || self.io_err(format!("reading back chunk {index} from"), at);
-        let data: &[u8] = match direct {
-            Some(f) if at.is_multiple_of(u64::from(payload::CHUNK_ALIGN)) => {
-                // Whole 4 KiB blocks when they stay inside the slot, else whole sectors.
-                let mut want = round(len, 4096);
-                if at + want as u64 > slot_end {
-                    want = round(len, 512);
-                }
+        let window = |align: u64| {
+            let lo = at - at % align;
+            let hi = (at + len as u64).div_ceil(align) * align;
+            (lo >= slot_start && hi <= slot_end).then_some((lo, hi))
+        };
+        let (data, path): (&[u8], ReadPath) = match (direct, window(4096).or_else(|| window(512))) {
+            (Some(f), Some((lo, hi))) => {
+                let want = (hi - lo) as usize;
                 buf.resize(want + 4096, 0);
                 let skip = buf.as_ptr().align_offset(4096);
                 let aligned = &mut buf[skip..skip + want];
-                f.read_exact_at(aligned, at).map_err(err())?;
-                &buf[skip..skip + len]
+                f.read_exact_at(aligned, lo).map_err(err())?;
+                let from = skip + (at - lo) as usize;
+                (&buf[from..from + len], ReadPath::Direct)
             }
             _ => {
                 buf.resize(len, 0);
                 self.file.read_exact_at(buf, at).map_err(err())?;
-                &buf[..len]
+                (&buf[..len], ReadPath::Buffered)
             }
         };
         let found = Sha256Digest::of(data);
@@ -359,7 +375,7 @@ impl<'a> SlotWriter<'a> {
                 found,
             });
         }
-        Ok(())
+        Ok(path)
     }
 
     /// Opens the disk again for reads that bypass the page cache, if the OS allows it.
@@ -880,6 +896,58 @@ mod tests {
             )
         );
         assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
+    }
+
+    /// Issue 14 defect 12: a slot at an offset that is a multiple of 512 but not of 4096 is
+    /// read back around the page cache too. (The test file lives on the build's filesystem,
+    /// which takes `O_DIRECT`; tmpfs does not.)
+    #[test]
+    fn read_back_bypasses_the_page_cache_for_a_slot_not_on_a_4k_boundary() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("disk.img");
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(256 << 10).unwrap();
+        let slot = Slot {
+            first_lba: 17,
+            last_lba: 17 + 256 - 1,
+            ..setup().1
+        };
+        assert_ne!(slot.byte_offset() % 4096, 0);
+        let w = SlotWriter::new(&f, &path, &slot);
+        let direct = w
+            .open_direct()
+            .expect("the build filesystem takes O_DIRECT");
+        let mut buf = Vec::new();
+        for i in 0..4u8 {
+            let data = vec![i + 1; 4096 - 100 * usize::from(i)];
+            w.write_chunk(u32::from(i), u64::from(i) * 4096, &data)
+                .unwrap();
+            let e = entry(u64::from(i), &data);
+            assert_eq!(
+                w.read_back_chunk(Some(&direct), u32::from(i), &e, &mut buf)
+                    .unwrap(),
+                ReadPath::Direct,
+                "chunk {i}"
+            );
+        }
+        // The last chunk of the slot: the 4 KiB window would leave it, sectors do not.
+        let last = 256 * 512 - 4096 + 512;
+        let data = vec![9u8; 4096 - 512];
+        w.write_chunk(9, last, &data).unwrap();
+        let e = payload::ChunkEntry {
+            image_offset: last,
+            ..entry(0, &data)
+        };
+        assert_eq!(
+            w.read_back_chunk(Some(&direct), 9, &e, &mut buf).unwrap(),
+            ReadPath::Direct
+        );
     }
 
     #[test]
