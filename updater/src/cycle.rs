@@ -7,13 +7,16 @@
 //! |---|---|---|
 //! | [`Cycle::health`], checks pass | booted uncommitted (`P>0 T0 S0`) | committed (`S1`), pending cleared |
 //! | [`Cycle::health`], a check fails | booted uncommitted | `P0 T0 S0`, version recorded failed, reboot per strategy |
-//! | [`Cycle::health`] on a committed slot with a pending install in the other slot | other slot flipped but we booted the old one | pending version recorded failed ("never came up") |
+//! | [`Cycle::health`] on a committed slot whose other slot spent its tries (P>0 T0 S0, [`crate::bootstate`]) | other slot flipped, GRUB fell back | its version (from the pending record) recorded failed ("never came up"), the slot marked P0 |
 //! | [`Cycle::rollback`] | any | other slot next (committed: priority only; verified but never committed: tries 1) |
 //! | [`Cycle::mark_good`] | any | booted committed |
 //! | [`Cycle::mark_bad`] | any, other slot bootable | booted `P0 T0 S0`, recorded failed |
 //!
+//! Every method that writes takes the updater lock ([`crate::lock`]) first.
+//!
 //! Order of writes (power cut safe): a failure is recorded in state before the GPT makes the
-//! slot unbootable; a commit writes the GPT before the pending record is removed, and a leftover
+//! slot unbootable (a record that cannot be written is reported, but the slot is still marked
+//! bad); a commit writes the GPT before the pending record is removed, and a leftover
 //! pending record for a committed booted slot is simply cleared on the next run.
 //!
 //! The machine is rebooted only as [`RebootStrategy`] allows, never with `--no-reboot`, and
