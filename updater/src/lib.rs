@@ -27,3 +27,4 @@ pub mod payload;
 pub mod source;
 pub mod state;
 pub mod version;
+pub mod window;
