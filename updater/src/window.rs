@@ -16,8 +16,8 @@
 //!     days: vec!["Sat".into()], start_time: "22:30".into(), length_minutes: 60,
 //! }]).unwrap();
 //! // Saturday 2026-11-28 23:00 UTC is inside; the Sunday after at 00:00 is not.
-//! assert!(w.is_open(1_764_370_800));
-//! assert!(!w.is_open(1_764_374_400 + 1_800));
+//! assert!(w.is_open(1_795_906_800));
+//! assert!(!w.is_open(1_795_910_400));
 //! ```
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
