@@ -1252,6 +1252,50 @@ while [ ! -s \"$PIDFILE\" ]; do sleep 0.05; done";
         assert!(!still_exists(&pidfile), "the daemon outlived the check");
     }
 
+    /// Runs a passing check that leaves the daemon `start` launches (which writes its pid to
+    /// `$PIDFILE`), then waits `linger`; returns whether the daemon still exists after the run.
+    fn daemon_survives(start: &str, linger: &str) -> bool {
+        let body = format!(
+            "{start}\nwhile [ ! -s \"$PIDFILE\" ]; do sleep 0.05; done\nsleep {linger}\necho ok"
+        );
+        let r = root_with(&[("usr/lib/updater/health.d/10-daemon", &body)]);
+        let pidfile = r.path().join("daemon.pid");
+        let env_pid = pidfile.to_str().unwrap().to_string();
+        let checks = HealthChecks::discover(r.path()).unwrap();
+        let v = within(Duration::from_secs(30), move || {
+            checks.run(&limits(20_000, 60_000), &[("PIDFILE", env_pid.as_str())])
+        });
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.checks[0].output, "ok\n");
+        still_exists(&pidfile)
+    }
+
+    #[test]
+    fn a_daemon_that_clears_its_environment_dies_once_seen_in_the_tree() {
+        // env -i drops the run marker; the tree recorded while the check ran still has it.
+        assert!(!daemon_survives(
+            "setsid env -i PIDFILE=\"$PIDFILE\" sh -c 'echo $$ > \"$PIDFILE\"; exec sleep 1000' &",
+            "1"
+        ));
+    }
+
+    #[test]
+    fn a_double_forked_daemon_dies_by_its_run_marker() {
+        // The intermediate exits at once: the daemon is never below the check in a scan.
+        assert!(!daemon_survives(
+            "sh -c 'setsid sh -c \"echo \\$\\$ > \\\"$PIDFILE\\\"; exec sleep 1000\" & exit 0'",
+            "0"
+        ));
+    }
+
+    #[test]
+    fn a_daemon_that_keeps_forking_dies_with_its_children() {
+        assert!(!daemon_survives(
+            "setsid sh -c 'echo $$ > \"$PIDFILE\"; while :; do sleep 0.01 & sleep 0.01; done' &",
+            "0.5"
+        ));
+    }
+
     #[test]
     fn the_deadline_holds_across_checks_when_a_daemon_holds_the_pipe() {
         // The second check's own timeout (30 s) is cut to what is left of the 3 s deadline.

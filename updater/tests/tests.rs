@@ -1,6 +1,7 @@
 //! Integration tests of `updater` (one binary; one module per area).
 mod crashpoints;
 mod cycle;
+mod health;
 mod http;
 mod install;
 mod netfaults;
