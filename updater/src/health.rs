@@ -1083,6 +1083,21 @@ mod tests {
     }
 
     #[test]
+    fn a_check_directory_that_cannot_be_listed_is_an_error_not_an_empty_one() {
+        let r = root_with(&[("usr/lib/updater/health.d/10-app", "exit 0")]);
+        std::fs::create_dir_all(r.path().join("etc/updater")).unwrap();
+        std::fs::write(r.path().join(ADMIN_DIR), "not a directory\n").unwrap();
+        let e = HealthChecks::discover(r.path()).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "listing health checks in {}: Not a directory (os error 20)",
+                r.path().join(ADMIN_DIR).display()
+            )
+        );
+    }
+
+    #[test]
     fn hidden_entries_are_not_checks() {
         let r = root_with(&[("etc/updater/health.d/.10-app.swp", "exit 1")]);
         let checks = HealthChecks::discover(r.path()).unwrap();
