@@ -425,7 +425,8 @@ fn judge(path: &Path, updater_uid: u32) -> CheckState {
         return refused(Refusal::Writable { mode });
     }
     use nix::unistd::{access, AccessFlags};
-    if mode & 0o111 == 0 || access(path, AccessFlags::X_OK).is_err() {
+    // For root, X_OK holds when any execute bit is set; for others, when theirs is.
+    if access(path, AccessFlags::X_OK).is_err() {
         return refused(Refusal::NotExecutable { mode });
     }
     if access(path, AccessFlags::R_OK).is_err() {
@@ -1054,6 +1055,29 @@ mod tests {
             let passes = matches!(state, CheckState::Runnable | CheckState::Masked);
             assert_eq!(v.passed, passes, "{what}: {v:?}");
             assert_eq!(v.checks[0].passed, passes, "{what}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn checks_may_belong_to_root_or_to_the_updaters_own_user() {
+        let r = root_with(&[("usr/lib/updater/health.d/10-app", "exit 0")]);
+        let path = r.path().join(VENDOR_DIR).join("10-app");
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(judge(&path, me), CheckState::Runnable);
+        if me == 0 {
+            // Root's files are trusted whoever runs the updater; another user's only by it.
+            assert_eq!(judge(&path, 1000), CheckState::Runnable);
+            std::os::unix::fs::chown(&path, Some(1000), None).unwrap();
+            assert_eq!(judge(&path, 1000), CheckState::Runnable);
+            assert_eq!(
+                judge(&path, 0),
+                CheckState::Refused(Refusal::ForeignOwner { uid: 1000 })
+            );
+        } else {
+            assert_eq!(
+                judge(&path, me + 1),
+                CheckState::Refused(Refusal::ForeignOwner { uid: me })
+            );
         }
     }
 
