@@ -724,31 +724,39 @@ impl Tree {
     }
 
     /// The tree's processes in `table`: the check, those seen before, this process's children
-    /// carrying the run's marker, and every process below them.
+    /// carrying the run's marker, and every process below them. Only this process's
+    /// descendants qualify (it is the subreaper of every check's orphans), so whatever a stale
+    /// record says, nothing else is ever signalled.
     fn members(&self, table: &[ProcStat]) -> Vec<ProcStat> {
         let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
         for (i, p) in table.iter().enumerate() {
             children.entry(p.ppid).or_default().push(i);
         }
-        let mut queue: Vec<usize> = (0..table.len())
+        let below = |starts: Vec<usize>| {
+            let mut taken: HashSet<usize> = starts.iter().copied().collect();
+            let mut queue = starts;
+            let mut out = Vec::new();
+            while let Some(i) = queue.pop() {
+                out.push(i);
+                for &c in children.get(&table[i].pid).into_iter().flatten() {
+                    if taken.insert(c) {
+                        queue.push(c);
+                    }
+                }
+            }
+            out
+        };
+        let mine = below(children.get(&self.me).cloned().unwrap_or_default());
+        let roots = mine
+            .into_iter()
             .filter(|&i| {
                 let p = &table[i];
                 p.pid == self.check
                     || self.seen.contains(&(p.pid, p.start))
-                    || (p.ppid == self.me && p.pid != self.me && environ_has(p.pid, &self.needle))
+                    || (p.ppid == self.me && environ_has(p.pid, &self.needle))
             })
             .collect();
-        let mut taken: HashSet<usize> = queue.iter().copied().collect();
-        let mut out = Vec::new();
-        while let Some(i) = queue.pop() {
-            out.push(table[i]);
-            for &c in children.get(&table[i].pid).into_iter().flatten() {
-                if taken.insert(c) {
-                    queue.push(c);
-                }
-            }
-        }
-        out
+        below(roots).into_iter().map(|i| table[i]).collect()
     }
 
     /// Remembers the tree's processes now, so they are found after they leave it.
@@ -1333,6 +1341,21 @@ while [ ! -s \"$PIDFILE\" ]; do sleep 0.05; done";
             "setsid sh -c 'echo $$ > \"$PIDFILE\"; while :; do sleep 0.01 & sleep 0.01; done' &",
             "0.5"
         ));
+    }
+
+    #[test]
+    fn a_run_leaves_the_callers_other_children_alone() {
+        let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(!daemon_survives(
+            "setsid sh -c 'echo $$ > \"$PIDFILE\"; exec sleep 1000' &",
+            "0.3"
+        ));
+        assert!(
+            bystander.try_wait().unwrap().is_none(),
+            "a process the run did not start was killed"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 
     #[test]
