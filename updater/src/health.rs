@@ -26,8 +26,9 @@
 //! descends from it is stopped, killed and reaped, including daemons that left its process
 //! group or session: the runner makes the calling process a child subreaper
 //! (`PR_SET_CHILD_SUBREAPER`, for the rest of its life), so a check's orphans become its
-//! children, and finds them in `/proc` (the parent links recorded while the check runs, and the
-//! [`RUN_MARKER_ENV`] value they inherit). That cleanup takes at most [`KILL_GRACE`].
+//! children, and finds them in `/proc` among its own descendants (the check's process group,
+//! the parent links recorded while the check runs, and the [`RUN_MARKER_ENV`] value they
+//! inherit). That cleanup takes at most [`KILL_GRACE`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -608,6 +609,8 @@ fn run_one(check: &Check, until: Instant, timed_out: String, env: &[(&str, &str)
 struct ProcStat {
     pid: i32,
     ppid: i32,
+    /// Process group.
+    pgrp: i32,
     /// `R`, `S`, `D`, `Z`, `T`…
     state: u8,
     /// Start time in clock ticks after boot: with the pid, names one process for good.
@@ -633,11 +636,13 @@ fn parse_stat(line: &[u8]) -> Option<ProcStat> {
         .ok()?;
     let rest = std::str::from_utf8(line.get(close + 1..)?).ok()?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
-    // fields[0] is field 3 (state); fields[1] field 4 (ppid); fields[19] field 22 (starttime).
+    // fields[0] is field 3 (state), [1] field 4 (ppid), [2] field 5 (pgrp), [19] field 22
+    // (starttime).
     let state = *fields.first()?.as_bytes().first()?;
     Some(ProcStat {
         pid,
         ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
         state,
         start: fields.get(19)?.parse().ok()?,
     })
@@ -723,8 +728,9 @@ impl Tree {
         )
     }
 
-    /// The tree's processes in `table`: the check, those seen before, this process's children
-    /// carrying the run's marker, and every process below them. Only this process's
+    /// The tree's processes in `table`: the check, the rest of its process group, those seen
+    /// before, this process's children carrying the run's marker, and every process below
+    /// them. Only this process's
     /// descendants qualify (it is the subreaper of every check's orphans), so whatever a stale
     /// record says, nothing else is ever signalled.
     fn members(&self, table: &[ProcStat]) -> Vec<ProcStat> {
@@ -752,6 +758,7 @@ impl Tree {
             .filter(|&i| {
                 let p = &table[i];
                 p.pid == self.check
+                    || p.pgrp == self.check
                     || self.seen.contains(&(p.pid, p.start))
                     || (p.ppid == self.me && environ_has(p.pid, &self.needle))
             })
@@ -1214,12 +1221,13 @@ mod tests {
     #[test]
     fn stat_lines_parse_whatever_the_command_name() {
         let line =
-            b"4242 (a) (b c) S 17 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3\n";
+            b"4242 (a) (b c) S 17 4240 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3\n";
         assert_eq!(
             parse_stat(line),
             Some(ProcStat {
                 pid: 4242,
                 ppid: 17,
+                pgrp: 4240,
                 state: b'S',
                 start: 987654
             })
@@ -1331,6 +1339,16 @@ while [ ! -s \"$PIDFILE\" ]; do sleep 0.05; done";
         // The intermediate exits at once: the daemon is never below the check in a scan.
         assert!(!daemon_survives(
             "sh -c 'setsid sh -c \"echo \\$\\$ > \\\"$PIDFILE\\\"; exec sleep 1000\" & exit 0'",
+            "0"
+        ));
+    }
+
+    #[test]
+    fn an_unmarked_orphan_in_the_checks_process_group_dies_with_the_group() {
+        // Neither below the check (its parent exits at once) nor marked (env -i): only its
+        // process group, the check's, still names it.
+        assert!(!daemon_survives(
+            "sh -c 'env -i PIDFILE=\"$PIDFILE\" sh -c \"echo \\$\\$ > \\\"\\$PIDFILE\\\"; exec sleep 1000\" & exit 0'",
             "0"
         ));
     }
