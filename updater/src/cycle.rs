@@ -123,8 +123,10 @@ pub struct Status {
     pub failed: FailedVersions,
     /// The last health verdict.
     pub last_health: Option<HealthReport>,
-    /// Health checks installed (0: a trial boot commits without checking anything).
-    pub health_checks: usize,
+    /// The health checks installed, as one line (which run, which are masked or refused).
+    pub health_checks: String,
+    /// No health check is installed: a trial boot is committed for reaching init.
+    pub no_health_checks: bool,
     /// Configuration warnings.
     pub config_warnings: Vec<String>,
 }
@@ -491,7 +493,10 @@ impl Cycle {
         let failed = self.history.failed()?;
         let last_health = self.history.health()?;
         let known = self.history.versions()?;
-        let health_checks = HealthChecks::discover(&self.dev.root).map_or(0, |c| c.checks.len());
+        let (health_checks, no_health_checks) = match HealthChecks::discover(&self.dev.root) {
+            Ok(c) => (c.describe(), c.none_installed()),
+            Err(e) => (format!("cannot be listed: {e:#}"), false),
+        };
         let slots = disk
             .slots()
             .into_iter()
@@ -525,6 +530,7 @@ impl Cycle {
             failed,
             last_health,
             health_checks,
+            no_health_checks,
             config_warnings: self.settings.warnings.clone(),
         })
     }

@@ -2,6 +2,7 @@
 mod crashpoints;
 mod cycle;
 mod hardening;
+mod health;
 mod http;
 mod install;
 mod netfaults;

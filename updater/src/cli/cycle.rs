@@ -211,12 +211,16 @@ pub fn render_status(s: &Status) -> String {
             }
         }
     }
-    if s.health_checks == 0 {
-        let _ = writeln!(
-            o,
-            "health checks: none installed (a trial boot is committed without checks)"
-        );
-    }
+    let _ = writeln!(
+        o,
+        "health checks: {}{}",
+        s.health_checks,
+        if s.no_health_checks {
+            " (a trial boot is committed for reaching init)"
+        } else {
+            ""
+        }
+    );
     for w in &s.config_warnings {
         let _ = writeln!(o, "config warning: {w}");
     }
