@@ -21,7 +21,7 @@
 pub mod pipeline;
 
 use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest, TrustedKeys};
-use crate::source::{ResumingReader, RetryPolicy, Source};
+use crate::source::{is_payload_changed, ResumingReader, RetryPolicy, SharedSource, Source};
 use crate::state::{InstallProgress, PendingInstall, StateDir, StateError};
 use crate::version::compare_versions;
 use bootctl::{Slot, SlotDisk, SlotId};
@@ -421,9 +421,39 @@ fn booted_release(device: &DeviceSpec) -> Result<(String, String), InstallError>
     Ok((id.to_owned(), version.to_owned()))
 }
 
+/// Times an install starts over because the payload changed on the server mid-download.
+pub const MAX_PAYLOAD_CHANGES: u32 = 2;
+
 /// Installs the payload from `source` into the passive slot of `device`. See the module doc
 /// for the order of checks and writes.
+///
+/// When the payload is replaced on the server during the download
+/// ([`crate::source::SourceError::PayloadChanged`]), the install starts over from the prelude
+/// with the new payload, at most [`MAX_PAYLOAD_CHANGES`] times: every check runs again on it,
+/// and the old payload's checkpoint no longer matches, so nothing of the old one is kept (the
+/// slot stays unbootable until the new image is verified).
 pub fn install(
+    device: &DeviceSpec,
+    source: Box<dyn Source>,
+    opts: &InstallOptions,
+    progress: &mut dyn Progress,
+) -> Result<InstallReport, InstallError> {
+    let mut source = SharedSource::new(source);
+    let mut changes = 0;
+    loop {
+        match install_once(device, Box::new(source.clone()), opts, progress) {
+            Err(InstallError::Read { source: e, .. })
+                if changes < MAX_PAYLOAD_CHANGES && is_payload_changed(&e) =>
+            {
+                changes += 1;
+                source.start_over();
+            }
+            result => return result,
+        }
+    }
+}
+
+fn install_once(
     device: &DeviceSpec,
     source: Box<dyn Source>,
     opts: &InstallOptions,
