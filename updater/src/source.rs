@@ -710,3 +710,244 @@ impl Read for ResumingReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_never_drops_below_half() {
+        let p = RetryPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        let ms = Duration::from_millis;
+        // (failures, jitter, wait)
+        for (failures, jitter, wait) in [
+            (1, 0.0, ms(50)),
+            (1, 1.0, ms(100)),
+            (1, 0.5, ms(75)),
+            (2, 0.0, ms(100)),
+            (2, 1.0, ms(200)),
+            (3, 0.0, ms(200)),
+            (4, 1.0, ms(800)),
+            (5, 0.0, ms(500)),
+            (5, 1.0, ms(1000)),
+            (40, 1.0, ms(1000)),
+            (u32::MAX, 0.0, ms(500)),
+            // Out-of-range jitter is clamped.
+            (1, 7.0, ms(100)),
+            (1, -1.0, ms(50)),
+            // Failure 0 does not happen; it waits like the first.
+            (0, 0.0, ms(50)),
+        ] {
+            assert_eq!(p.backoff(failures, jitter), wait, "{failures} {jitter}");
+        }
+    }
+
+    #[test]
+    fn jitter_varies_within_zero_to_one() {
+        let draws: Vec<f64> = (0..64).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)), "{draws:?}");
+        let mut distinct = draws.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert!(distinct.len() > 60, "{draws:?}");
+    }
+
+    #[test]
+    fn refuses_https_to_http_redirects() {
+        // (from, to, refusal reason or None when followed)
+        for (from, to, refused) in [
+            ("http://a/p", "http://b/p", None),
+            ("http://a/p", "https://a/p", None),
+            ("https://a/p", "https://b/p", None),
+            ("HTTPS://a/p", "HTTPS://b/p", None),
+            (
+                "https://a/p",
+                "http://a/p",
+                Some("from https to plain http"),
+            ),
+            (
+                "https://a/p",
+                "HTTP://a/p",
+                Some("from https to plain http"),
+            ),
+            (
+                "HTTPS://a/p",
+                "http://a/p",
+                Some("from https to plain http"),
+            ),
+            ("http://a/p", "ftp://a/p", Some("not an http(s) URL")),
+            (
+                "https://a/p",
+                "file:///etc/passwd",
+                Some("not an http(s) URL"),
+            ),
+            ("http://a/p", "a/p", Some("not an http(s) URL")),
+        ] {
+            match (check_redirect(from, to), refused) {
+                (Ok(()), None) => {}
+                (Err(SourceError::RedirectRefused { reason, .. }), Some(want)) => {
+                    assert_eq!(reason, want, "{from} -> {to}")
+                }
+                (got, _) => panic!("{from} -> {to}: {got:?}"),
+            }
+        }
+        assert_eq!(
+            check_redirect("https://a/p", "http://a/p")
+                .unwrap_err()
+                .to_string(),
+            "refusing the redirect from https://a/p to \"http://a/p\": from https to plain http"
+        );
+    }
+
+    #[test]
+    fn a_new_validator_or_length_is_a_changed_payload() {
+        let first = Identity {
+            etag: Some("\"1\"".into()),
+            last_modified: Some("Mon, 30 Nov 2026 08:00:00 GMT".into()),
+            len: Some(100),
+        };
+        assert_eq!(first.change_to(&first), None);
+        // A value missing on one side says nothing.
+        assert_eq!(first.change_to(&Identity::default()), None);
+        for (now, change) in [
+            (
+                Identity {
+                    etag: Some("\"2\"".into()),
+                    ..first.clone()
+                },
+                "ETag \"1\" became \"2\"",
+            ),
+            (
+                Identity {
+                    last_modified: Some("Mon, 30 Nov 2026 09:00:00 GMT".into()),
+                    ..first.clone()
+                },
+                "Last-Modified Mon, 30 Nov 2026 08:00:00 GMT became Mon, 30 Nov 2026 09:00:00 GMT",
+            ),
+            (
+                Identity {
+                    len: Some(101),
+                    ..first.clone()
+                },
+                "length 100 became 101",
+            ),
+        ] {
+            assert_eq!(first.change_to(&now).as_deref(), Some(change));
+        }
+    }
+
+    #[test]
+    fn if_range_prefers_a_strong_etag_then_the_date() {
+        let date = "Mon, 30 Nov 2026 08:00:00 GMT";
+        for (etag, last_modified, want) in [
+            (Some("\"1\""), Some(date), Some("\"1\"")),
+            (Some("W/\"1\""), Some(date), Some(date)),
+            (Some("W/\"1\""), None, None),
+            (None, Some(date), Some(date)),
+            (None, None, None),
+        ] {
+            let id = Identity {
+                etag: etag.map(str::to_owned),
+                last_modified: last_modified.map(str::to_owned),
+                len: None,
+            };
+            assert_eq!(id.if_range(), want, "{etag:?} {last_modified:?}");
+        }
+    }
+
+    #[test]
+    fn retries_server_errors_and_broken_connections_only() {
+        let e = |s| io::Error::other(s);
+        let status = |status| SourceError::HttpStatus {
+            url: "u".into(),
+            status,
+            text: String::new(),
+        };
+        assert!(is_transient(&e(status(503))));
+        assert!(is_transient(&e(status(429))));
+        assert!(!is_transient(&e(status(404))));
+        let changed = SourceError::PayloadChanged {
+            url: "u".into(),
+            offset: 1,
+            change: String::new(),
+        };
+        assert!(is_payload_changed(&e(changed)));
+        assert!(!is_payload_changed(&e(status(503))));
+        let slow = SourceError::TooSlow {
+            what: "u".into(),
+            offset: 0,
+            received: 0,
+            window: Duration::from_secs(1),
+            min_bytes_per_sec: 1,
+        };
+        assert!(!is_transient(&e(slow)));
+        assert!(is_transient(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "early end"
+        )));
+        assert!(!is_transient(&io::Error::new(
+            io::ErrorKind::NotFound,
+            "gone"
+        )));
+    }
+
+    /// A source whose opens always fail with a reset connection.
+    struct Unreachable(Arc<Mutex<u32>>);
+
+    impl Source for Unreachable {
+        fn describe(&self) -> String {
+            "unreachable".into()
+        }
+        fn open_at(&mut self, _: u64) -> io::Result<Stream> {
+            *self.0.lock().unwrap() += 1;
+            Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+        }
+        fn total_len(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_deadline_ends_the_waits_between_failed_opens() {
+        let opens = Arc::new(Mutex::new(0));
+        let policy = RetryPolicy {
+            attempts: MAX_ATTEMPTS,
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(50),
+            deadline: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
+        let err = ResumingReader::new(Box::new(Unreachable(opens.clone())), 7, policy)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "giving up on unreachable at offset 7: the download deadline of 0.3 s passed"
+        );
+        // Retried, and stopped far before the attempts allowed (300 ms of waits of 10-50 ms).
+        let opens = *opens.lock().unwrap();
+        assert!((2..100).contains(&opens), "{opens} opens");
+    }
+
+    #[test]
+    fn failed_opens_count_towards_the_attempts() {
+        let opens = Arc::new(Mutex::new(0));
+        let policy = RetryPolicy {
+            attempts: 4,
+            initial_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        let err = ResumingReader::new(Box::new(Unreachable(opens.clone())), 0, policy)
+            .err()
+            .unwrap();
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(err)),
+            "giving up on unreachable at offset 0 after 4 attempts without progress: reset"
+        );
+        assert_eq!(*opens.lock().unwrap(), 4);
+    }
+}
