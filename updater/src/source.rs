@@ -950,4 +950,202 @@ mod tests {
         );
         assert_eq!(*opens.lock().unwrap(), 4);
     }
+
+    /// A source whose streams deliver `chunk` bytes per read, each after `pause`.
+    struct Paced {
+        len: u64,
+        chunk: usize,
+        pause: Duration,
+    }
+
+    struct PacedStream {
+        left: u64,
+        chunk: usize,
+        pause: Duration,
+    }
+
+    impl Read for PacedStream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(self.pause);
+            let n = buf.len().min(self.chunk).min(self.left as usize);
+            buf[..n].fill(7);
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    impl Source for Paced {
+        fn describe(&self) -> String {
+            "paced".into()
+        }
+        fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+            Ok(Box::new(PacedStream {
+                left: self.len - offset,
+                chunk: self.chunk,
+                pause: self.pause,
+            }))
+        }
+        fn total_len(&self) -> Option<u64> {
+            Some(self.len)
+        }
+    }
+
+    fn read_paced(chunk: usize, policy: RetryPolicy) -> io::Result<u64> {
+        let source = Paced {
+            len: 8000,
+            chunk,
+            pause: Duration::from_millis(5),
+        };
+        let mut r = ResumingReader::new(Box::new(source), 0, policy)?;
+        io::copy(&mut r, &mut io::sink())
+    }
+
+    #[test]
+    fn a_source_below_the_minimum_throughput_fails_and_one_above_passes() {
+        let policy = RetryPolicy {
+            min_bytes_per_sec: 1000,
+            throughput_window: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        };
+        // 100 bytes per 5 ms read (at most 20000 bytes/s): passes every window of 100 ms.
+        assert_eq!(read_paced(100, policy).unwrap(), 8000);
+        // 1 byte per read (at most 200 bytes/s): cut off after the first window.
+        let err = read_paced(1, policy).unwrap_err();
+        match err.get_ref().and_then(|e| e.downcast_ref::<SourceError>()) {
+            Some(SourceError::TooSlow {
+                offset, received, ..
+            }) => assert!(*received == *offset && *received < 100, "{err}"),
+            _ => panic!("{err}"),
+        }
+        // With the check off, the slow source is read to the end.
+        let off = RetryPolicy {
+            min_bytes_per_sec: 0,
+            ..policy
+        };
+        assert_eq!(read_paced(20, off).unwrap(), 8000);
+    }
+
+    #[test]
+    fn the_deadline_counts_time_spent_reading() {
+        let policy = RetryPolicy {
+            deadline: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        };
+        // 8000 bytes in reads of 10 every 5 ms: at least 4 s of reading.
+        let err = read_paced(10, policy).unwrap_err();
+        assert!(
+            err.to_string().starts_with("giving up on paced at offset "),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with(": the download deadline of 0.1 s passed"),
+            "{err}"
+        );
+        // Time the consumer spends between reads does not count.
+        let source = Paced {
+            len: 100,
+            chunk: 10,
+            pause: Duration::ZERO,
+        };
+        let mut r = ResumingReader::new(Box::new(source), 0, policy).unwrap();
+        let mut buf = [0u8; 10];
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(15));
+            assert_eq!(r.read(&mut buf).unwrap(), 10);
+        }
+    }
+
+    /// A 1000-byte source whose every stream breaks: after `per_stream` bytes, or at offset
+    /// `wall`, whichever comes first.
+    struct Breaking {
+        per_stream: u64,
+        wall: u64,
+        opens: Arc<Mutex<Vec<u64>>>,
+    }
+
+    struct BreakingStream {
+        offset: u64,
+        end: u64,
+    }
+
+    impl Read for BreakingStream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.offset == 1000 {
+                return Ok(0);
+            }
+            if self.offset == self.end {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+            }
+            let n = buf.len().min((self.end - self.offset) as usize);
+            self.offset += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl Source for Breaking {
+        fn describe(&self) -> String {
+            "breaking".into()
+        }
+        fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+            self.opens.lock().unwrap().push(offset);
+            let end = (offset + self.per_stream).min(self.wall).max(offset);
+            Ok(Box::new(BreakingStream { offset, end }))
+        }
+        fn total_len(&self) -> Option<u64> {
+            Some(1000)
+        }
+    }
+
+    #[test]
+    fn failures_count_across_reopens_until_progress() {
+        let policy = RetryPolicy {
+            attempts: 3,
+            initial_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        // (bytes per stream, offset no stream passes, opens expected, error expected)
+        for (per_stream, wall, opens, error) in [
+            // Progress before every failure: never three in a row.
+            (300, 1000, vec![0, 300, 600, 900], None),
+            // Stuck at 500: the failure that ended the progress, then two more.
+            (
+                1000,
+                500,
+                vec![0, 500, 500],
+                Some(
+                    "giving up on breaking at offset 500 after 3 attempts without progress: reset",
+                ),
+            ),
+            (
+                300,
+                500,
+                vec![0, 300, 500, 500],
+                Some(
+                    "giving up on breaking at offset 500 after 3 attempts without progress: reset",
+                ),
+            ),
+        ] {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let source = Breaking {
+                per_stream,
+                wall,
+                opens: log.clone(),
+            };
+            let read = ResumingReader::new(Box::new(source), 0, policy).and_then(|mut r| {
+                let n = io::copy(&mut r, &mut io::sink())?;
+                Ok((n, r.retries))
+            });
+            match (read, error) {
+                (Ok((n, retries)), None) => {
+                    assert_eq!((n, retries), (1000, opens.len() as u32 - 1))
+                }
+                (Err(e), Some(want)) => {
+                    assert_eq!(format!("{:#}", anyhow::Error::from(e)), want)
+                }
+                (got, _) => panic!("{per_stream} {wall}: {got:?}"),
+            }
+            assert_eq!(*log.lock().unwrap(), opens, "{per_stream} {wall}");
+        }
+    }
 }
