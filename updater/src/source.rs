@@ -302,8 +302,10 @@ impl Identity {
     /// How `now` differs from this identity, if it does (a value missing from either side
     /// says nothing).
     fn change_to(&self, now: &Identity) -> Option<String> {
+        // Weak comparison (RFC 9110 §8.8.3.2): a proxy that compresses may weaken the tag.
+        let weak = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
         if let (Some(a), Some(b)) = (&self.etag, &now.etag) {
-            if a != b {
+            if weak(a) != weak(b) {
                 return Some(format!("ETag {a} became {b}"));
             }
         }
@@ -813,6 +815,12 @@ mod tests {
         assert_eq!(first.change_to(&first), None);
         // A value missing on one side says nothing.
         assert_eq!(first.change_to(&Identity::default()), None);
+        // Nor does a tag made weak on the way.
+        let weakened = Identity {
+            etag: Some("W/\"1\"".into()),
+            ..first.clone()
+        };
+        assert_eq!(first.change_to(&weakened), None);
         for (now, change) in [
             (
                 Identity {
