@@ -75,7 +75,7 @@ pub enum SourceError {
         answer: String,
     },
     /// The payload on the server is not the one the download started with.
-    #[error("{url} changed on the server during the download ({change}); resuming at offset {offset} would mix two payloads, the download must start over")]
+    #[error("{url} changed on the server during the download ({change}): the bytes from offset {offset} on belong to another payload")]
     PayloadChanged {
         /// The URL.
         url: String,

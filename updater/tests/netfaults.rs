@@ -696,7 +696,7 @@ fn a_payload_that_keeps_changing_fails_after_two_fresh_starts() {
     assert_eq!(
         format!("{:#}", anyhow::Error::from(err)),
         format!(
-            "reading payload {url} at offset {middle}: {url} changed on the server during the download (ETag {} became {}); resuming at offset {middle} would mix two payloads, the download must start over",
+            "reading payload {url} at offset {middle}: {url} changed on the server during the download (ETag {} became {}): the bytes from offset {middle} on belong to another payload",
             etag(false),
             etag(true),
             url = server.url()
