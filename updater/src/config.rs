@@ -54,6 +54,8 @@ pub struct Fragment {
     pub health: Option<HealthFragment>,
     /// `[reboot]`
     pub reboot: Option<RebootFragment>,
+    /// `[download]`
+    pub download: Option<DownloadFragment>,
 }
 
 /// `[install]` keys.
@@ -82,6 +84,32 @@ pub struct RebootFragment {
     pub strategy: Option<RebootStrategy>,
 }
 
+/// `[download]` keys: how a payload download is retried and when it is abandoned
+/// ([`crate::source::RetryPolicy`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadFragment {
+    /// Consecutive failures without progress before the download fails
+    /// (1–[`crate::source::MAX_ATTEMPTS`]).
+    pub attempts: Option<u32>,
+    /// Longest wait between two attempts, in seconds (1–[`MAX_BACKOFF_SECS`]).
+    pub max_backoff_secs: Option<u64>,
+    /// Seconds the whole download may spend waiting for the server
+    /// (1–[`MAX_DEADLINE_SECS`]).
+    pub deadline_secs: Option<u64>,
+    /// Fewest bytes per second over each throughput window; 0 turns the check off.
+    pub min_bytes_per_sec: Option<u64>,
+    /// The throughput window, in seconds (1–[`MAX_THROUGHPUT_WINDOW_SECS`]).
+    pub throughput_window_secs: Option<u64>,
+}
+
+/// Largest `download.max_backoff_secs`.
+pub const MAX_BACKOFF_SECS: u64 = 3600;
+/// Largest `download.deadline_secs` (30 days).
+pub const MAX_DEADLINE_SECS: u64 = 30 * 86_400;
+/// Largest `download.throughput_window_secs`.
+pub const MAX_THROUGHPUT_WINDOW_SECS: u64 = 86_400;
+
 /// Validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Settings {
@@ -93,6 +121,8 @@ pub struct Settings {
     pub deadline: Duration,
     /// Reboot strategy.
     pub reboot: RebootStrategy,
+    /// Download retries and limits (`[download]`).
+    pub download: crate::source::RetryPolicy,
     /// Drop-ins read, in the order applied.
     pub files: Vec<PathBuf>,
     /// Problems found (unknown keys, bad values); each names the file and key.
@@ -106,6 +136,7 @@ impl Default for Settings {
             check_timeout: Duration::from_secs(60),
             deadline: Duration::from_secs(300),
             reboot: RebootStrategy::Off,
+            download: crate::source::RetryPolicy::default(),
             files: Vec::new(),
             warnings: Vec::new(),
         }
@@ -244,6 +275,53 @@ impl Settings {
         if let Some(strategy) = f.reboot.as_ref().and_then(|r| r.strategy) {
             self.reboot = strategy;
         }
+        if let Some(d) = &f.download {
+            self.apply_download(d, file);
+        }
+    }
+
+    fn apply_download(&mut self, d: &DownloadFragment, file: &Path) {
+        let mut in_range = |key: &str, value: Option<u64>, min: u64, max: u64| match value {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) => {
+                self.warnings.push(format!(
+                    "{}: download.{key} = {v} out of range {min}-{max}, ignored",
+                    file.display()
+                ));
+                None
+            }
+            None => None,
+        };
+        let attempts = in_range(
+            "attempts",
+            d.attempts.map(u64::from),
+            1,
+            u64::from(crate::source::MAX_ATTEMPTS),
+        );
+        let max_backoff = in_range("max_backoff_secs", d.max_backoff_secs, 1, MAX_BACKOFF_SECS);
+        let deadline = in_range("deadline_secs", d.deadline_secs, 1, MAX_DEADLINE_SECS);
+        let window = in_range(
+            "throughput_window_secs",
+            d.throughput_window_secs,
+            1,
+            MAX_THROUGHPUT_WINDOW_SECS,
+        );
+        let p = &mut self.download;
+        if let Some(n) = attempts {
+            p.attempts = n as u32;
+        }
+        if let Some(secs) = max_backoff {
+            p.max_delay = Duration::from_secs(secs);
+        }
+        if let Some(secs) = deadline {
+            p.deadline = Duration::from_secs(secs);
+        }
+        if let Some(rate) = d.min_bytes_per_sec {
+            p.min_bytes_per_sec = rate;
+        }
+        if let Some(secs) = window {
+            p.throughput_window = Duration::from_secs(secs);
+        }
     }
 }
 
@@ -341,6 +419,89 @@ mod tests {
         let s = Settings::load(r.path());
         assert_eq!(s.tries, 1);
         assert!(s.warnings[0].contains("not valid TOML"), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn download_keys_set_the_retry_policy() {
+        let r = root_with(&[(
+            "etc/updater/config.d/50.toml",
+            "[download]\nattempts = 3\nmax_backoff_secs = 8\ndeadline_secs = 600\nmin_bytes_per_sec = 0\nthroughput_window_secs = 30\n",
+        )]);
+        let s = Settings::load(r.path());
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            s.download,
+            crate::source::RetryPolicy {
+                attempts: 3,
+                max_delay: Duration::from_secs(8),
+                deadline: Duration::from_secs(600),
+                min_bytes_per_sec: 0,
+                throughput_window: Duration::from_secs(30),
+                ..crate::source::RetryPolicy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_download_values_warn_and_keep_the_default() {
+        for (line, warning) in [
+            ("attempts = 3", None),
+            (
+                "attempts = 0",
+                Some("download.attempts = 0 out of range 1-1000, ignored"),
+            ),
+            (
+                "attempts = 1001",
+                Some("download.attempts = 1001 out of range 1-1000, ignored"),
+            ),
+            (
+                "max_backoff_secs = 0",
+                Some("download.max_backoff_secs = 0 out of range 1-3600, ignored"),
+            ),
+            (
+                "max_backoff_secs = 3601",
+                Some("download.max_backoff_secs = 3601 out of range 1-3600, ignored"),
+            ),
+            (
+                "deadline_secs = 0",
+                Some("download.deadline_secs = 0 out of range 1-2592000, ignored"),
+            ),
+            (
+                "throughput_window_secs = 0",
+                Some("download.throughput_window_secs = 0 out of range 1-86400, ignored"),
+            ),
+            (
+                "throughput_window_secs = 86401",
+                Some("download.throughput_window_secs = 86401 out of range 1-86400, ignored"),
+            ),
+            (
+                "min_bytes_per_sec = -1",
+                Some("bad value for download.min_bytes_per_sec"),
+            ),
+            (
+                "deadline_secs = \"1h\"",
+                Some("bad value for download.deadline_secs"),
+            ),
+            ("retries = 3", Some("unknown key download.retries")),
+        ] {
+            let r = root_with(&[(
+                "etc/updater/config.d/50.toml",
+                &format!("[download]\n{line}\n"),
+            )]);
+            let s = Settings::load(r.path());
+            match warning {
+                None => assert!(s.warnings.is_empty(), "{line}: {:?}", s.warnings),
+                Some(w) => {
+                    assert_eq!(s.warnings.len(), 1, "{line}: {:?}", s.warnings);
+                    assert!(
+                        s.warnings[0].contains(&format!("50.toml: {w}")),
+                        "{line}: {:?}",
+                        s.warnings
+                    );
+                    assert_eq!(s.download, crate::source::RetryPolicy::default(), "{line}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,11 @@ enum Behaviour {
     DropOnce,
     /// Every request gets the headers and `n` body bytes, then the connection hangs.
     StallAfter(usize),
+    /// Every request gets the headers and the body up to payload offset `n`, then the
+    /// connection closes.
+    CloseAt(usize),
+    /// Requests for `/payload` get `302 Found` to this location; other paths are served.
+    RedirectTo(&'static str),
 }
 
 struct Server {
@@ -72,10 +77,14 @@ fn handle(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut start = 0u64;
+    let mut path = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
+        }
+        if let Some(rest) = line.strip_prefix("GET ") {
+            path = rest.split(' ').next().unwrap_or("").to_owned();
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
             start = v.trim().trim_end_matches('-').parse().unwrap();
@@ -98,10 +107,18 @@ fn handle(
             )?;
             conn.write_all(page)
         }
+        Behaviour::RedirectTo(location) if path == "/payload" => write!(
+            conn,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
         _ if body.is_empty() => {
             conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         }
-        Behaviour::Serve | Behaviour::DropOnce | Behaviour::StallAfter(_) => {
+        Behaviour::Serve
+        | Behaviour::DropOnce
+        | Behaviour::StallAfter(_)
+        | Behaviour::CloseAt(_)
+        | Behaviour::RedirectTo(_) => {
             let total = body.len() as u64;
             let rest = &body[start as usize..];
             write!(
@@ -122,6 +139,11 @@ fn handle(
                     conn.flush()?;
                     std::thread::sleep(Duration::from_secs(120));
                     Ok(())
+                }
+                Behaviour::CloseAt(n) => {
+                    conn.write_all(&body[start as usize..n.max(start as usize)])?;
+                    conn.flush()?;
+                    conn.shutdown(std::net::Shutdown::Both)
                 }
                 _ => conn.write_all(rest),
             }
@@ -295,4 +317,90 @@ fn a_killed_http_install_resumes_from_its_checkpoint_on_the_next_run() {
     );
     assert_eq!(dev.slot_bytes(&SlotId::B)[..image.len()], image[..]);
     assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
+}
+
+/// Runs `cmd`; `None` if it has not exited within `limit` (it is then killed).
+fn output_within(cmd: &mut std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn download_attempts_from_the_configuration_bound_an_install() {
+    // Issue 14 defect 5: a server that closes at the same offset every time was retried forever.
+    let dev = Device::new();
+    dev.write_root_file(
+        "etc/updater/config.d/50-download.toml",
+        "[download]\nattempts = 2\n",
+    );
+    let (_, bytes) = big_payload();
+    let l = util::layout(&bytes);
+    let at = l.frames + (bytes.len() - l.frames) / 2;
+    let server = Server::start(bytes, Behaviour::CloseAt(at));
+    let out = output_within(
+        dev.command("A").args(["install", &server.url()]),
+        Duration::from_secs(60),
+    );
+    let requests = server.requests();
+    let out =
+        out.unwrap_or_else(|| panic!("still installing after 60 s: {} requests", requests.len()));
+    assert_eq!(out.status.code(), Some(1));
+    let url = server.url();
+    assert!(
+        stderr(&out).contains(&format!(
+            ": giving up on {url} at offset {at} after 2 attempts without progress: "
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(requests, [0, at as u64]);
+    assert_eq!(dev.slot(&SlotId::B).attrs.priority, 0);
+}
+
+#[test]
+fn installs_through_an_http_redirect() {
+    let dev = Device::new();
+    let (image, bytes) = big_payload();
+    let server = Server::start(bytes, Behaviour::RedirectTo("/real/payload"));
+    let out = dev.updater(&["install", &server.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.requests(), [0, 0]);
+    assert_eq!(dev.slot_bytes(&SlotId::B)[..image.len()], image[..]);
+}
+
+#[test]
+fn refuses_a_redirect_loop_after_five_hops_without_retrying() {
+    let dev = Device::new();
+    let before = std::fs::read(dev.disk()).unwrap();
+    let (_, bytes) = big_payload();
+    let server = Server::start(bytes, Behaviour::RedirectTo("/payload"));
+    let out = output_within(
+        dev.command("A").args(["install", &server.url()]),
+        Duration::from_secs(60),
+    )
+    .expect("finished within 60 s");
+    assert_eq!(out.status.code(), Some(1));
+    let url = server.url();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "updater: installing {url} into {}: reading payload {url} at offset 0: {url}: more than 5 redirects in a row\n",
+            dev.disk().display()
+        )
+    );
+    assert_eq!(server.requests(), [0; 6]);
+    assert!(std::fs::read(dev.disk()).unwrap() == before);
 }

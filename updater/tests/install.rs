@@ -414,6 +414,7 @@ fn retries_a_transient_read_failure_within_one_run() {
             attempts: 3,
             initial_delay: std::time::Duration::from_millis(10),
             max_delay: std::time::Duration::from_millis(10),
+            ..RetryPolicy::default()
         },
         ..options()
     };

@@ -3,7 +3,7 @@
 use super::progress::{emit_json, reporter};
 use super::GlobalArgs;
 use crate::install::{install, InstallOptions};
-use crate::source::{FileSource, HttpSource, RetryPolicy, Source};
+use crate::source::{FileSource, HttpSource, Source};
 use anyhow::Context;
 use clap::Args;
 use std::path::Path;
@@ -108,7 +108,7 @@ impl InstallCmd {
                 .as_secs(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             checkpoint_bytes: self.checkpoint_bytes,
-            retry: RetryPolicy::default(),
+            retry: crate::config::Settings::load(&device.root).download,
             force: self.force,
             lock_wait: global.lock_wait(),
         };

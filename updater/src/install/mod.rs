@@ -30,7 +30,7 @@ use crate::device::DeviceError;
 pub use crate::device::DeviceSpec;
 use crate::lock::{LockError, UpdaterLock};
 use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest, TrustedKeys};
-use crate::source::{ResumingReader, RetryPolicy, Source};
+use crate::source::{is_payload_changed, ResumingReader, RetryPolicy, SharedSource, Source};
 use crate::state::{InstallProgress, PendingInstall, StateError, INSTALL_PROGRESS, PENDING};
 use crate::version::compare_versions;
 use bootctl::{Slot, SlotDisk, SlotId};
@@ -38,6 +38,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to install.
@@ -406,7 +407,7 @@ impl<'a> SlotWriter<'a> {
 pub struct InstallPlan {
     device: DeviceSpec,
     opts: InstallOptions,
-    _lock: UpdaterLock,
+    _lock: Arc<UpdaterLock>,
     reader: ResumingReader,
     padded_device: bool,
     source_name: String,
@@ -441,6 +442,16 @@ pub fn plan(
     opts: &InstallOptions,
 ) -> Result<InstallPlan, InstallError> {
     let lock = UpdaterLock::acquire(&device.lock_path(), "install", opts.lock_wait)?;
+    plan_locked(device, source, opts, Arc::new(lock))
+}
+
+/// [`plan`] under a lock the caller already holds.
+fn plan_locked(
+    device: &DeviceSpec,
+    source: Box<dyn Source>,
+    opts: &InstallOptions,
+    lock: Arc<UpdaterLock>,
+) -> Result<InstallPlan, InstallError> {
     let keys = TrustedKeys::load_dirs(&device.key_dirs())?;
     if keys.is_empty() {
         return Err(InstallError::NoTrustedKeys {
@@ -826,17 +837,45 @@ impl WrittenSlot {
     }
 }
 
+/// Times an install starts over because the payload changed on the server mid-download.
+pub const MAX_PAYLOAD_CHANGES: u32 = 2;
+
 /// Installs the payload from `source` into the passive slot of `device`: [`plan`], then
-/// [`InstallPlan::write`], then [`WrittenSlot::finish`]. See the module doc.
+/// [`InstallPlan::write`], then [`WrittenSlot::finish`], all under one hold of the lock. See
+/// the module doc.
+///
+/// When the payload is replaced on the server during the download
+/// ([`crate::source::SourceError::PayloadChanged`]), the install starts over from the prelude
+/// with the new payload, at most [`MAX_PAYLOAD_CHANGES`] times: every check runs again on it,
+/// and the old payload's checkpoint no longer matches, so nothing of the old one is kept (the
+/// slot stays unbootable until the new image is verified).
 pub fn install(
     device: &DeviceSpec,
     source: Box<dyn Source>,
     opts: &InstallOptions,
     progress: &mut dyn Progress,
 ) -> Result<InstallReport, InstallError> {
-    plan(device, source, opts)?
-        .write(progress)?
-        .finish(progress)
+    let lock = Arc::new(UpdaterLock::acquire(
+        &device.lock_path(),
+        "install",
+        opts.lock_wait,
+    )?);
+    let mut source = SharedSource::new(source);
+    let mut changes = 0;
+    loop {
+        let attempt = plan_locked(device, Box::new(source.clone()), opts, lock.clone())
+            .and_then(|plan| plan.write(progress))
+            .and_then(|written| written.finish(progress));
+        match attempt {
+            Err(InstallError::Read { source: e, .. })
+                if changes < MAX_PAYLOAD_CHANGES && is_payload_changed(&e) =>
+            {
+                changes += 1;
+                source.start_over();
+            }
+            result => return result,
+        }
+    }
 }
 
 #[cfg(test)]
