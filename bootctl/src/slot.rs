@@ -3,10 +3,21 @@
 //!
 //! A slot is a GPT entry of the CoreOS usr type ([`crate::guid::USR_TYPE`]); `A` and `B` are
 //! the entries labelled `USR-A` and `USR-B` (or, without those labels, the first and second
-//! usr entries). [`SlotDisk`] reads both GPT copies once, applies an operation to the
-//! preferred copy in memory, and writes both copies back in the crash-safe order of
-//! [`crate::gpt::write`] only when some attribute actually changed. Writing also repairs an
-//! invalid copy from the valid one.
+//! usr entries).
+//!
+//! Every write operation (`set_next`, `prioritize`, `mark_good`, `mark_bad`, `repair`)
+//! re-reads both GPT copies from storage first and computes its change from what is on disk
+//! at that moment, never from what [`SlotDisk`] read when it was opened: a handle opened early
+//! (an updater before a long download) must not undo a commit another process made meanwhile.
+//! It then changes only the slot bits it means to (other slots and other attribute bits stay as
+//! read) and writes both copies back in the crash-safe order of [`crate::gpt::write`], and only
+//! when something changed. Writing also repairs an invalid copy from the valid one. Callers
+//! that race with other writers still need a lock around the whole read-modify-write.
+//!
+//! A table whose entries are inconsistent ([`crate::gpt::EntryError`]: a slot overlapping
+//! another partition, an entry outside the usable range) can be shown, but every slot
+//! lookup and operation on it is refused with [`Error::BadEntries`]. The slots a `SlotDisk`
+//! hands out therefore lie inside the disk, and their byte ranges cannot overflow.
 //!
 //! ```
 //! use bootctl::{layout, SlotDisk, SlotId};
@@ -89,13 +100,62 @@ fn hex64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Slot {
-    /// Byte offset of the partition on the disk.
-    pub fn byte_offset(&self) -> u64 {
-        self.first_lba * u64::from(self.sector_size)
+    /// The partition's bytes on the disk, or [`Error::SlotRange`] when its LBAs are inverted or
+    /// its end does not fit in 64 bits (never for a slot from [`SlotDisk`]).
+    pub fn byte_range(&self) -> Result<std::ops::Range<u64>> {
+        let ss = u64::from(self.sector_size);
+        let range = (self.first_lba <= self.last_lba)
+            .then(|| {
+                let start = self.first_lba.checked_mul(ss)?;
+                let end = self.last_lba.checked_add(1)?.checked_mul(ss)?;
+                Some(start..end)
+            })
+            .flatten();
+        range.ok_or(Error::SlotRange {
+            number: self.number,
+            first_lba: self.first_lba,
+            last_lba: self.last_lba,
+            sector_size: self.sector_size,
+        })
     }
+
+    /// Byte offset of the partition on the disk.
+    ///
+    /// # Panics
+    /// When [`Slot::byte_range`] fails, which a slot from [`SlotDisk`] never does (its entries
+    /// were checked against the disk); use `byte_range` for a slot built by hand.
+    pub fn byte_offset(&self) -> u64 {
+        self.byte_range()
+            .expect("slot LBAs checked by SlotDisk")
+            .start
+    }
+
     /// Size of the partition in bytes.
+    ///
+    /// # Panics
+    /// As [`Slot::byte_offset`].
     pub fn byte_len(&self) -> u64 {
-        (self.last_lba + 1 - self.first_lba) * u64::from(self.sector_size)
+        let r = self.byte_range().expect("slot LBAs checked by SlotDisk");
+        r.end - r.start
+    }
+
+    /// Whether the two slots share a byte of the disk. A slot whose range is malformed
+    /// (inverted LBAs) is taken to overlap everything: it cannot be shown to be disjoint.
+    pub fn overlaps(&self, other: &Slot) -> bool {
+        // In 128 bits no product overflows, and slots with other sector sizes compare too.
+        let bytes = |s: &Slot| {
+            let ss = u128::from(s.sector_size);
+            (s.first_lba <= s.last_lba).then(|| {
+                (
+                    u128::from(s.first_lba) * ss,
+                    (u128::from(s.last_lba) + 1) * ss,
+                )
+            })
+        };
+        match (bytes(self), bytes(other)) {
+            (Some((a_start, a_end)), Some((b_start, b_end))) => a_start < b_end && b_start < a_end,
+            _ => true,
+        }
     }
 }
 
@@ -169,7 +229,9 @@ impl<S: Storage> SlotDisk<S> {
         self.storage
     }
 
-    /// Every usr slot, in entry order (may be empty).
+    /// Every usr slot, in entry order (may be empty), as the table says, even when its
+    /// entries are inconsistent (for display; see [`DiskGpt::entries`]). [`SlotDisk::slot`]
+    /// and every operation refuse such a table.
     pub fn slots(&self) -> Vec<Slot> {
         let g = &self.state.gpt;
         g.used_entries()
@@ -188,7 +250,9 @@ impl<S: Storage> SlotDisk<S> {
             .collect()
     }
 
+    /// The usr slots, refusing a table whose entries are inconsistent.
     fn usr_slots(&self) -> Result<Vec<Slot>> {
+        self.state.usable_gpt()?;
         let slots = self.slots();
         if slots.is_empty() {
             return Err(Error::NoUsrPartitions);
@@ -243,7 +307,15 @@ impl<S: Storage> SlotDisk<S> {
         self.slot(&SlotId::B)
     }
 
-    /// Writes `new` attributes for slots (by number) if any differ; returns whether it wrote.
+    /// Re-reads both GPT copies from storage, so that what follows starts from the disk as it
+    /// is now rather than as it was when this handle was opened.
+    fn reread(&mut self) -> Result<()> {
+        self.state = gpt::read(&mut self.storage, self.sector_size)?;
+        Ok(())
+    }
+
+    /// Writes `new` attributes for slots (by number) over the table last read, if any differ;
+    /// returns whether it wrote. Only the slot bits of the listed entries change.
     fn update(&mut self, changes: &[(u32, SlotAttrs)]) -> Result<bool> {
         let mut gpt = self.state.gpt.clone();
         for &(number, attrs) in changes {
@@ -259,8 +331,29 @@ impl<S: Storage> SlotDisk<S> {
 
     fn write(&mut self, gpt: &Gpt) -> Result<()> {
         gpt::write(&mut self.storage, gpt)?;
-        self.state = gpt::read(&mut self.storage, self.sector_size)?;
-        Ok(())
+        self.reread()
+    }
+
+    /// The read-modify-write of every slot operation: re-reads the disk, finds `id` among the
+    /// usr slots, lets `plan` compute every usr slot's new attributes from their current ones
+    /// (`plan` gets the slots' attributes in entry order and the target's index), and writes
+    /// what changed.
+    fn modify(
+        &mut self,
+        id: &SlotId,
+        plan: impl FnOnce(&[SlotAttrs], usize) -> Vec<SlotAttrs>,
+    ) -> Result<bool> {
+        self.reread()?;
+        let target = self.slot(id)?;
+        let slots = self.usr_slots()?;
+        let t = slots
+            .iter()
+            .position(|s| s.number == target.number)
+            .expect("target is a usr slot");
+        let now: Vec<SlotAttrs> = slots.iter().map(|s| s.attrs).collect();
+        let new = plan(&now, t);
+        let changes: Vec<(u32, SlotAttrs)> = slots.iter().map(|s| s.number).zip(new).collect();
+        self.update(&changes)
     }
 
     /// Makes `id` the next slot to boot: top priority (others re-ranked cgpt-style),
@@ -270,66 +363,51 @@ impl<S: Storage> SlotDisk<S> {
             return Err(Error::TriesOutOfRange { tries });
         }
         let tries = tries as u8;
-        self.reprioritize(id, |a| SlotAttrs {
-            tries,
-            successful: false,
-            ..a
+        self.modify(id, |now, t| {
+            let mut new = reranked(now, t);
+            new[t] = SlotAttrs {
+                tries,
+                successful: false,
+                ..new[t]
+            };
+            new
         })
     }
 
     /// Makes `id` the top priority (others re-ranked cgpt-style), keeping its tries and
     /// successful bits: how a committed fallback becomes the next boot again.
     pub fn prioritize(&mut self, id: &SlotId) -> Result<bool> {
-        self.reprioritize(id, |attrs| attrs)
+        self.modify(id, reranked)
     }
 
-    fn reprioritize(
-        &mut self,
-        id: &SlotId,
-        target_attrs: impl Fn(SlotAttrs) -> SlotAttrs,
-    ) -> Result<bool> {
-        let target = self.slot(id)?;
-        let slots = self.usr_slots()?;
-        let t = slots
-            .iter()
-            .position(|s| s.number == target.number)
-            .expect("target is a usr slot");
-        let priorities = rule::prioritize(
-            &slots.iter().map(|s| s.attrs.priority).collect::<Vec<_>>(),
-            t,
-        );
-        let changes: Vec<(u32, SlotAttrs)> = slots
-            .iter()
-            .zip(priorities)
-            .map(|(s, priority)| {
-                let attrs = if s.number == target.number {
-                    target_attrs(s.attrs)
-                } else {
-                    s.attrs
-                };
-                (s.number, SlotAttrs { priority, ..attrs })
-            })
-            .collect();
-        self.update(&changes)
-    }
-
-    /// Commits `id`: successful 1, tries 0, priority kept.
+    /// Commits `id`: successful 1, tries 0, priority kept, except that a slot at priority 0
+    /// is given the top priority (others re-ranked cgpt-style). That is the state after a boot
+    /// through grub.cfg's fallback entry: GRUB's rule found nothing, the fixed entry booted a
+    /// slot whose priority is 0, and committing it must make it the next boot, or every later
+    /// boot would be a fallback boot again.
     pub fn mark_good(&mut self, id: &SlotId) -> Result<bool> {
-        let s = self.slot(id)?;
-        self.update(&[(
-            s.number,
-            SlotAttrs {
+        self.modify(id, |now, t| {
+            let mut new = if now[t].priority == 0 {
+                reranked(now, t)
+            } else {
+                now.to_vec()
+            };
+            new[t] = SlotAttrs {
                 tries: 0,
                 successful: true,
-                ..s.attrs
-            },
-        )])
+                ..new[t]
+            };
+            new
+        })
     }
 
     /// Makes `id` unbootable: priority 0, tries 0, successful 0.
     pub fn mark_bad(&mut self, id: &SlotId) -> Result<bool> {
-        let s = self.slot(id)?;
-        self.update(&[(s.number, SlotAttrs::default())])
+        self.modify(id, |now, t| {
+            let mut new = now.to_vec();
+            new[t] = SlotAttrs::default();
+            new
+        })
     }
 
     /// Applies GRUB's rule. With `boot`, also applies the tries decrement GRUB would write,
@@ -353,7 +431,12 @@ impl<S: Storage> SlotDisk<S> {
 
     /// Rewrites both copies from the preferred one when a copy is invalid, the copies differ,
     /// or the backup is not at the end of the disk (which then moves there).
+    ///
+    /// The disk is re-read first. A table whose entries are inconsistent is refused
+    /// ([`Error::BadEntries`]): copying it over the other copy could destroy the only good one.
     pub fn repair(&mut self) -> Result<RepairReport> {
+        self.reread()?;
+        self.state.usable_gpt()?;
         let s = &self.state;
         let mut problems = Vec::new();
         if let Err(e) = &s.primary {
@@ -372,7 +455,7 @@ impl<S: Storage> SlotDisk<S> {
                 "backup GPT header at LBA {} instead of the last LBA {end} (disk grew?)",
                 gpt.backup_lba
             ));
-            gpt.relocate_backup(s.disk_sectors);
+            gpt.relocate_backup(s.disk_sectors)?;
         }
         if problems.is_empty() {
             return Ok(RepairReport {
@@ -389,6 +472,16 @@ impl<S: Storage> SlotDisk<S> {
             wrote: true,
         })
     }
+}
+
+/// `now` with the priorities re-ranked so that slot `t` is the strictly highest
+/// ([`rule::prioritize`]); every other bit as it was.
+fn reranked(now: &[SlotAttrs], t: usize) -> Vec<SlotAttrs> {
+    let priorities: Vec<u8> = now.iter().map(|a| a.priority).collect();
+    now.iter()
+        .zip(rule::prioritize(&priorities, t))
+        .map(|(&a, priority)| SlotAttrs { priority, ..a })
+        .collect()
 }
 
 #[cfg(test)]
@@ -438,6 +531,50 @@ mod tests {
             d.into_storage().bytes == before,
             "GRUB writes nothing when a copy is invalid"
         );
+    }
+
+    /// Issue 14, defect 12: a boot through grub.cfg's fallback entry (USR-A, when GRUB's rule
+    /// found nothing bootable) followed by a commit must not leave every later boot a fallback
+    /// boot.
+    #[test]
+    fn committing_a_slot_at_priority_zero_makes_it_the_next_boot() {
+        let mut d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
+        d.set_next(&SlotId::B, 1).unwrap();
+        d.select(true).unwrap(); // B's trial: B P2 T0 S0
+        d.mark_bad(&SlotId::A).unwrap(); // say A was marked bad too: nothing is bootable
+        assert_eq!(
+            d.select(false).unwrap(),
+            None,
+            "grub.cfg boots its fallback, USR-A"
+        );
+        assert!(d.mark_good(&SlotId::A).unwrap());
+        let a = d.slot(&SlotId::A).unwrap().attrs;
+        assert_eq!(
+            a,
+            SlotAttrs {
+                priority: 3,
+                tries: 0,
+                successful: true
+            }
+        );
+        assert_eq!(d.select(false).unwrap().unwrap().slot.label, "USR-A");
+        let b = d.slot(&SlotId::B).unwrap().attrs;
+        assert_eq!(
+            (b.priority, b.tries, b.successful),
+            (2, 0, false),
+            "B untouched"
+        );
+    }
+
+    #[test]
+    fn committing_a_slot_with_a_priority_keeps_it_even_below_another() {
+        let mut d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
+        d.set_next(&SlotId::A, 3).unwrap(); // A P1 T3 S0 (already the highest)
+        d.set_next(&SlotId::B, 1).unwrap(); // B P2 T1 S0
+        assert!(d.mark_good(&SlotId::A).unwrap());
+        let attrs = |d: &SlotDisk<_>, id| d.slot(id).unwrap().attrs;
+        assert_eq!(attrs(&d, &SlotId::A).to_string(), "P1 T0 S1");
+        assert_eq!(attrs(&d, &SlotId::B).to_string(), "P2 T1 S0");
     }
 
     #[test]
