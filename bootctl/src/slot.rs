@@ -577,6 +577,91 @@ mod tests {
         assert_eq!(attrs(&d, &SlotId::B).to_string(), "P2 T1 S0");
     }
 
+    fn slot(number: u32, first_lba: u64, last_lba: u64, sector_size: u32) -> Slot {
+        Slot {
+            number,
+            label: String::new(),
+            partuuid: Guid::NIL,
+            first_lba,
+            last_lba,
+            sector_size,
+            attrs: SlotAttrs::default(),
+            attributes: 0,
+        }
+    }
+
+    #[test]
+    fn byte_ranges_are_checked() {
+        let s = slot(4, 2048, 4095, 512);
+        assert_eq!(s.byte_range().unwrap(), 1 << 20..2 << 20);
+        assert_eq!((s.byte_offset(), s.byte_len()), (1 << 20, 1 << 20));
+        assert_eq!(slot(4, 7, 7, 4096).byte_range().unwrap(), 28672..32768);
+        for (first, last) in [
+            (10, 9),
+            (0, u64::MAX),
+            (u64::MAX / 512 + 1, u64::MAX / 512 + 1),
+        ] {
+            assert_eq!(
+                slot(4, first, last, 512)
+                    .byte_range()
+                    .unwrap_err()
+                    .to_string(),
+                format!("slot 4 has no byte range: LBAs {first}..={last} of 512-byte sectors")
+            );
+        }
+    }
+
+    #[test]
+    fn slots_overlap_when_they_share_a_byte() {
+        let a = slot(3, 100, 199, 512);
+        // (other slot, overlaps): neighbours on either side do not, one shared sector does.
+        for (other, expected) in [
+            (slot(4, 200, 299, 512), false),
+            (slot(4, 0, 99, 512), false),
+            (slot(4, 199, 299, 512), true),
+            (slot(4, 0, 100, 512), true),
+            (slot(4, 120, 130, 512), true),
+            (slot(4, 0, 1000, 512), true),
+            // 4096-byte sectors: LBA 24 is bytes 98304..102400, which holds 512-byte LBA 199.
+            (slot(4, 24, 30, 4096), true),
+            (slot(4, 25, 30, 4096), false),
+            (slot(4, 300, 299, 512), true), // inverted: cannot be shown disjoint
+            (slot(4, u64::MAX, u64::MAX, 4096), false),
+        ] {
+            assert_eq!(a.overlaps(&other), expected, "{other:?}");
+            assert_eq!(other.overlaps(&a), expected, "{other:?}, reversed");
+        }
+    }
+
+    #[test]
+    fn repair_rewrites_a_backup_that_differs_from_the_primary() {
+        let mut disk = layout::mem_disk(512);
+        let mut g = gpt::read(&mut disk, None).unwrap().gpt;
+        g.set_attributes(
+            4,
+            SlotAttrs {
+                priority: 2,
+                tries: 1,
+                successful: false,
+            }
+            .apply(0),
+        );
+        // The primary alone, as a writer cut between the two copies would never leave it
+        // (backup first), but as another tool might.
+        let at = 2 * 512;
+        disk.bytes[at..at + g.entry_array().len()].copy_from_slice(g.entry_array());
+        disk.bytes[512..1024].copy_from_slice(&g.header_sector(gpt::Copy::Primary));
+        let mut d = SlotDisk::from_storage(disk, None).unwrap();
+        assert!(!d.state().copies_match);
+        let report = d.repair().unwrap();
+        assert_eq!(
+            report.problems,
+            vec!["primary and backup GPT differ (primary kept)".to_string()]
+        );
+        assert!(report.wrote && d.state().copies_match && !d.state().needs_repair());
+        assert_eq!(d.slot(&SlotId::B).unwrap().attrs.to_string(), "P2 T1 S0");
+    }
+
     #[test]
     fn other_pairs_a_with_b() {
         let d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
