@@ -662,6 +662,111 @@ mod tests {
         assert_eq!(d.slot(&SlotId::B).unwrap().attrs.to_string(), "P2 T1 S0");
     }
 
+    /// One disk shared by several handles, as several processes share a device.
+    #[derive(Clone)]
+    struct Shared(std::rc::Rc<std::cell::RefCell<crate::storage::MemDisk>>);
+
+    impl Storage for Shared {
+        fn len(&self) -> u64 {
+            self.0.borrow().len()
+        }
+        fn device_sector_size(&self) -> Option<u32> {
+            self.0.borrow().device_sector_size()
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.0.borrow_mut().read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+            self.0.borrow_mut().write_at(offset, buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A disk in B's trial (A P1 T0 S1, B P2 T0 S0), and a handle opened on it.
+    fn trial_of_b() -> (Shared, SlotDisk<Shared>) {
+        let disk = Shared(std::rc::Rc::new(std::cell::RefCell::new(layout::mem_disk(
+            512,
+        ))));
+        let mut d = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        d.set_next(&SlotId::B, 1).unwrap();
+        d.select(true).unwrap();
+        let stale = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        (disk, stale)
+    }
+
+    fn on_disk(disk: &Shared, id: &SlotId) -> String {
+        let d = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        d.slot(id).unwrap().attrs.to_string()
+    }
+
+    #[test]
+    fn a_write_through_a_stale_handle_starts_from_the_disk_as_it_is_now() {
+        let (disk, mut stale) = trial_of_b();
+        let mut other = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        other.mark_good(&SlotId::B).unwrap();
+        assert!(stale.mark_bad(&SlotId::A).unwrap());
+        assert_eq!(on_disk(&disk, &SlotId::B), "P2 T0 S1");
+        assert_eq!(on_disk(&disk, &SlotId::A), "P0 T0 S0");
+    }
+
+    #[test]
+    fn repair_through_a_stale_handle_finds_nothing_once_another_fixed_the_disk() {
+        let (disk, _) = trial_of_b();
+        disk.0.borrow_mut().bytes[512 + 40] ^= 1; // primary header CRC
+        let mut stale = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        let mut other = SlotDisk::from_storage(disk.clone(), None).unwrap();
+        other.mark_good(&SlotId::B).unwrap(); // writes both copies
+        let report = stale.repair().unwrap();
+        assert!(report.problems.is_empty() && !report.wrote, "{report:?}");
+        assert_eq!(on_disk(&disk, &SlotId::B), "P2 T0 S1");
+    }
+
+    #[test]
+    fn set_next_gives_tries_and_clears_successful() {
+        let mut d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
+        assert!(d.set_next(&SlotId::A, 3).unwrap()); // already the highest: P1 kept
+        assert_eq!(d.slot(&SlotId::A).unwrap().attrs.to_string(), "P1 T3 S0");
+        assert!(d.set_next(&SlotId::B, 15).unwrap());
+        assert_eq!(d.slot(&SlotId::B).unwrap().attrs.to_string(), "P2 T15 S0");
+        assert!(!d.set_next(&SlotId::B, 15).unwrap(), "nothing to change");
+        for tries in [0, 16] {
+            assert_eq!(
+                d.set_next(&SlotId::B, tries).unwrap_err().to_string(),
+                format!("tries {tries} out of range (1 to 15)")
+            );
+        }
+    }
+
+    #[test]
+    fn repair_moves_the_backup_to_the_end_of_a_grown_disk() {
+        let mut disk = layout::mem_disk(512);
+        let old_sectors = disk.bytes.len() as u64 / 512;
+        disk.bytes.extend(vec![0; 2048 * 512]);
+        let mut d = SlotDisk::from_storage(disk, None).unwrap();
+        let report = d.repair().unwrap();
+        assert_eq!(
+            report.problems,
+            vec![format!(
+                "backup GPT header at LBA {} instead of the last LBA {} (disk grew?)",
+                old_sectors - 1,
+                old_sectors + 2047
+            )]
+        );
+        assert!(report.wrote && !d.state().needs_repair());
+        // The protective MBR grew with the disk.
+        let mbr = &d.storage_mut().bytes[446 + 12..446 + 16];
+        assert_eq!(
+            u32::from_le_bytes(mbr.try_into().unwrap()),
+            (old_sectors + 2047) as u32
+        );
+        assert!(
+            !d.repair().unwrap().wrote,
+            "a second repair has nothing to do"
+        );
+    }
+
     #[test]
     fn other_pairs_a_with_b() {
         let d = SlotDisk::from_storage(layout::mem_disk(512), None).unwrap();
