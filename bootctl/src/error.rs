@@ -86,8 +86,9 @@ pub enum Error {
     BadEntries {
         /// The copy the table was taken from.
         copy: crate::gpt::Copy,
-        /// What is wrong with its entries.
-        problem: crate::gpt::EntryError,
+        /// What is wrong with its entries (boxed: it names two partitions, and every
+        /// `Result` of this crate carries the size of its largest error).
+        problem: Box<crate::gpt::EntryError>,
     },
     /// Opening the disk failed.
     #[error(transparent)]

@@ -512,7 +512,7 @@ impl DiskGpt {
             Ok(()) => Ok(&self.gpt),
             Err(problem) => Err(Error::BadEntries {
                 copy: self.preferred(),
-                problem: problem.clone(),
+                problem: Box::new(problem.clone()),
             }),
         }
     }
