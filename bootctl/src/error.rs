@@ -58,6 +58,38 @@ pub enum Error {
         /// Sector size.
         sector_size: u32,
     },
+    /// An LBA whose byte offset does not fit in 64 bits: a table or slot not read from a disk.
+    #[error("LBA {lba} of {sector_size}-byte sectors is past any disk")]
+    LbaOverflow {
+        /// The LBA.
+        lba: u64,
+        /// The sector size it counts in.
+        sector_size: u32,
+    },
+    /// A slot whose LBAs do not give a byte range: inverted, or past 2^64 bytes.
+    #[error("slot {number} has no byte range: LBAs {first_lba}..={last_lba} of {sector_size}-byte sectors")]
+    SlotRange {
+        /// Partition number.
+        number: u32,
+        /// First LBA.
+        first_lba: u64,
+        /// Last LBA.
+        last_lba: u64,
+        /// Sector size.
+        sector_size: u32,
+    },
+    /// The partition entries of the table in use are inconsistent (see
+    /// [`crate::gpt::EntryError`]); slot operations and repair are refused.
+    #[error(
+        "refusing to use the slots: the {copy} GPT's partition entries are invalid: {problem}"
+    )]
+    BadEntries {
+        /// The copy the table was taken from.
+        copy: crate::gpt::Copy,
+        /// What is wrong with its entries (boxed: it names two partitions, and every
+        /// `Result` of this crate carries the size of its largest error).
+        problem: Box<crate::gpt::EntryError>,
+    },
     /// Opening the disk failed.
     #[error(transparent)]
     Open(#[from] crate::storage::OpenError),

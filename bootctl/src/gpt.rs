@@ -6,6 +6,24 @@
 //! and CRC), prefers the primary when both are valid, and writes in the crash-safe order of
 //! DESIGN §4: backup entries, backup header, flush, primary entries, primary header, flush.
 //!
+//! # Partition entries
+//!
+//! A copy that passes those checks can still describe an impossible table: an entry that ends
+//! before it starts, lies outside the usable range, or shares sectors with another entry (a
+//! USR-B over USR-A would make an install write the booted slot). [`Gpt::check_entries`] finds
+//! these, and [`read`] records its verdict for the table it chose in [`DiskGpt::entries`].
+//!
+//! A bad entry condemns the *disk* for slot operations, not the copy: the other copy is not used
+//! instead. The kernel and GRUB check only the CRCs and the header, so they keep using a
+//! CRC-valid primary whatever its entries say; taking the slots from the backup would have us
+//! write where neither of them looks, and `repair` would silently replace the partition layout
+//! the running kernel uses. So `read` still succeeds (`bootctl show` can say what is wrong), and
+//! every slot operation, `repair` included, refuses with [`Error::BadEntries`] until someone
+//! fixes the table by hand.
+//!
+//! Every LBA and byte computation on values read from disk is checked: a header cannot make an
+//! offset wrap around, and [`MAX_ENTRY_ARRAY_BYTES`] bounds what it can make us allocate.
+//!
 //! Entries are kept as the raw entry array, so bytes this code does not interpret (attribute
 //! bits other than the slot bits, reserved bytes of larger entries, header bytes past 92) are
 //! written back exactly as read. The `gpt` crate is not used for writing because its writer
@@ -113,6 +131,56 @@ pub enum CopyError {
     },
 }
 
+/// One used entry's place on the disk, as errors report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    /// Partition number (1-based).
+    pub number: u32,
+    /// Its label.
+    pub name: String,
+    /// First LBA, inclusive.
+    pub first_lba: u64,
+    /// Last LBA, inclusive.
+    pub last_lba: u64,
+}
+
+impl std::fmt::Display for Extent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} {:?} (LBAs {}..={})",
+            self.number, self.name, self.first_lba, self.last_lba
+        )
+    }
+}
+
+/// Why the entries of a table that passed its CRC checks cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// An entry whose last LBA is before its first.
+    #[error("{0} ends before it starts")]
+    Inverted(Extent),
+    /// An entry outside the header's usable range.
+    #[error("{extent} lies outside the usable LBAs {first_usable}..={last_usable}")]
+    OutsideUsable {
+        /// The entry.
+        extent: Extent,
+        /// First usable LBA of the header.
+        first_usable: u64,
+        /// Last usable LBA of the header.
+        last_usable: u64,
+    },
+    /// Two entries that share sectors.
+    #[error("{second} overlaps {first}")]
+    Overlap {
+        /// The entry that starts first (lower partition number on a tie).
+        first: Extent,
+        /// The entry that starts inside it.
+        second: Extent,
+    },
+}
+
 /// One partition entry (the 128 bytes every entry starts with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -173,6 +241,15 @@ pub enum Copy {
     Backup,
 }
 
+impl std::fmt::Display for Copy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Copy::Primary => "primary",
+            Copy::Backup => "backup",
+        })
+    }
+}
+
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -182,6 +259,12 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 fn sectors_for(bytes: u64, sector_size: u32) -> u64 {
     bytes.div_ceil(u64::from(sector_size))
+}
+
+/// The byte offset of `lba`, or [`Error::LbaOverflow`] when it does not fit in 64 bits.
+pub fn lba_offset(lba: u64, sector_size: u32) -> Result<u64> {
+    lba.checked_mul(u64::from(sector_size))
+        .ok_or(Error::LbaOverflow { lba, sector_size })
 }
 
 impl Gpt {
@@ -261,6 +344,42 @@ impl Gpt {
             .collect()
     }
 
+    /// Checks every used entry: first ≤ last, inside the usable range, and no two sharing a
+    /// sector. Reports the first problem found, entries taken in partition-number order for the
+    /// single-entry checks and in LBA order for overlaps.
+    pub fn check_entries(&self) -> Result<(), EntryError> {
+        let mut extents = Vec::new();
+        for (number, e) in self.used_entries() {
+            let extent = Extent {
+                number,
+                name: e.name,
+                first_lba: e.first_lba,
+                last_lba: e.last_lba,
+            };
+            if extent.first_lba > extent.last_lba {
+                return Err(EntryError::Inverted(extent));
+            }
+            if extent.first_lba < self.first_usable_lba || extent.last_lba > self.last_usable_lba {
+                return Err(EntryError::OutsideUsable {
+                    extent,
+                    first_usable: self.first_usable_lba,
+                    last_usable: self.last_usable_lba,
+                });
+            }
+            extents.push(extent);
+        }
+        // Sorted by first LBA, the entries before the first overlap are disjoint, so that
+        // overlap is between neighbours.
+        extents.sort_by_key(|e| (e.first_lba, e.number));
+        if let Some(w) = extents.windows(2).find(|w| w[1].first_lba <= w[0].last_lba) {
+            return Err(EntryError::Overlap {
+                first: w[0].clone(),
+                second: w[1].clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Replaces the first 128 bytes of entry `number` (1-based); bytes past 128 are kept.
     /// Names longer than 36 UTF-16 code units are cut.
     pub fn set_entry(&mut self, number: u32, entry: &Entry) {
@@ -334,10 +453,24 @@ impl Gpt {
 
     /// Moves the backup copy to the last LBA of a disk of `sectors` sectors and lets partitions
     /// use the space up to the new backup entry array.
-    pub fn relocate_backup(&mut self, sectors: u64) {
-        self.backup_lba = sectors - 1;
-        self.backup_entries_lba = self.backup_lba - self.array_sectors();
-        self.last_usable_lba = self.backup_entries_lba - 1;
+    ///
+    /// A disk too small to hold the backup copy after the first usable LBA is
+    /// [`Error::DiskTooSmall`], and the table is left as it was.
+    pub fn relocate_backup(&mut self, sectors: u64) -> Result<()> {
+        let too_small = || Error::DiskTooSmall {
+            bytes: sectors.saturating_mul(u64::from(self.sector_size)),
+            sector_size: self.sector_size,
+        };
+        // Backup header, its entry array, then at least an empty usable range.
+        let backup_lba = sectors.checked_sub(1).ok_or_else(too_small)?;
+        let backup_entries_lba = backup_lba
+            .checked_sub(self.array_sectors())
+            .filter(|&lba| lba >= self.first_usable_lba)
+            .ok_or_else(too_small)?;
+        self.backup_lba = backup_lba;
+        self.backup_entries_lba = backup_entries_lba;
+        self.last_usable_lba = backup_entries_lba - 1; // >= first_usable_lba >= 1
+        Ok(())
     }
 }
 
@@ -354,12 +487,34 @@ pub struct DiskGpt {
     pub disk_sectors: u64,
     /// Both copies valid and describing the same table.
     pub copies_match: bool,
+    /// Whether the entries of [`DiskGpt::gpt`] are usable ([`Gpt::check_entries`]).
+    pub entries: Result<(), EntryError>,
 }
 
 impl DiskGpt {
     /// The backup header sits at the last LBA.
     pub fn backup_at_end(&self) -> bool {
-        self.backup.is_ok() && self.gpt.backup_lba == self.disk_sectors - 1
+        self.backup.is_ok() && self.disk_sectors.checked_sub(1) == Some(self.gpt.backup_lba)
+    }
+
+    /// The copy [`DiskGpt::gpt`] was taken from.
+    pub fn preferred(&self) -> Copy {
+        if self.primary.is_ok() {
+            Copy::Primary
+        } else {
+            Copy::Backup
+        }
+    }
+
+    /// The table, if its entries are usable for slot operations; else [`Error::BadEntries`].
+    pub fn usable_gpt(&self) -> Result<&Gpt> {
+        match &self.entries {
+            Ok(()) => Ok(&self.gpt),
+            Err(problem) => Err(Error::BadEntries {
+                copy: self.preferred(),
+                problem: Box::new(problem.clone()),
+            }),
+        }
     }
 
     /// Something for `repair` to do: an invalid copy, copies that differ, or a misplaced backup.
@@ -385,7 +540,10 @@ fn read_copy<S: Storage + ?Sized>(
 ) -> Result<ValidCopy, CopyError> {
     let ss = u64::from(sector_size);
     let mut s = vec![0u8; sector_size as usize];
-    disk.read_at(lba * ss, &mut s)
+    let offset = lba_offset(lba, sector_size).map_err(|e| CopyError::Unreadable {
+        what: e.to_string(),
+    })?;
+    disk.read_at(offset, &mut s)
         .map_err(|e| CopyError::Unreadable {
             what: e.to_string(),
         })?;
@@ -428,8 +586,13 @@ fn read_copy<S: Storage + ?Sized>(
     }
     let array_sectors = sectors_for(array_bytes, sector_size);
     let bad = |what: String| Err(CopyError::Lbas { what });
-    let last = disk_sectors - 1;
-    if first_usable > last_usable + 1 || last_usable >= last {
+    // `read` only looks at disks of two sectors or more.
+    let last = disk_sectors.saturating_sub(1);
+    if last_usable
+        .checked_add(1)
+        .is_none_or(|end| first_usable > end)
+        || last_usable >= last
+    {
         return bad(format!(
             "usable range {first_usable}..={last_usable} on a disk of {disk_sectors} sectors"
         ));
@@ -438,7 +601,10 @@ fn read_copy<S: Storage + ?Sized>(
     // entry array; the backup's alternate is the primary at LBA 1.
     let alternate_ok = match copy {
         Copy::Primary => {
-            alternate_lba <= last && alternate_lba > last_usable.saturating_add(array_sectors)
+            alternate_lba <= last
+                && last_usable
+                    .checked_add(array_sectors)
+                    .is_some_and(|array_end| alternate_lba > array_end)
         }
         Copy::Backup => alternate_lba == 1,
     };
@@ -447,15 +613,17 @@ fn read_copy<S: Storage + ?Sized>(
             "alternate header LBA {alternate_lba} on a disk of {disk_sectors} sectors"
         ));
     }
-    let entries_end = entries_lba.saturating_add(array_sectors); // exclusive
-    let entries_ok = match copy {
-        Copy::Primary => entries_lba >= 2 && entries_end <= first_usable,
-        Copy::Backup => entries_lba > last_usable && entries_end <= my_lba,
+    let entries_end = entries_lba.checked_add(array_sectors); // exclusive
+    let entries_ok = match (copy, entries_end) {
+        (_, None) => false,
+        (Copy::Primary, Some(end)) => entries_lba >= 2 && end <= first_usable,
+        (Copy::Backup, Some(end)) => entries_lba > last_usable && end <= my_lba,
     };
     if !entries_ok {
         return bad(format!("entry array at LBA {entries_lba} ({array_sectors} sectors) overlaps the header or the usable range {first_usable}..={last_usable}"));
     }
     let mut entries = vec![0u8; array_bytes as usize];
+    // entries_lba < disk_sectors (checked above), so its offset is inside the disk.
     disk.read_at(entries_lba * ss, &mut entries)
         .map_err(|e| CopyError::Unreadable {
             what: e.to_string(),
@@ -466,11 +634,8 @@ fn read_copy<S: Storage + ?Sized>(
         return Err(CopyError::EntriesCrc { stored, computed });
     }
     let (primary_entries_lba, backup_lba, backup_entries_lba) = match copy {
-        Copy::Primary => (
-            entries_lba,
-            alternate_lba,
-            alternate_lba.saturating_sub(array_sectors),
-        ),
+        // The alternate is past last_usable + array_sectors (checked above).
+        Copy::Primary => (entries_lba, alternate_lba, alternate_lba - array_sectors),
         Copy::Backup => (2, my_lba, entries_lba),
     };
     let gpt = Gpt {
@@ -549,6 +714,9 @@ pub fn detect_sector_size<S: Storage + ?Sized>(
 }
 
 /// Reads and validates both copies; fails only when neither validates.
+///
+/// The entries of the chosen table are checked too, but a bad entry does not fail the read: it
+/// is recorded in [`DiskGpt::entries`] (see the module doc for why).
 pub fn read<S: Storage + ?Sized>(disk: &mut S, sector_size: Option<u32>) -> Result<DiskGpt> {
     let ss = detect_sector_size(disk, sector_size)?;
     let disk_sectors = disk.len() / u64::from(ss);
@@ -580,6 +748,7 @@ pub fn read<S: Storage + ?Sized>(disk: &mut S, sector_size: Option<u32>) -> Resu
         (Err(primary), Err(backup)) => return Err(Error::BothCopiesInvalid { primary, backup }),
     };
     Ok(DiskGpt {
+        entries: gpt.check_entries(),
         gpt,
         primary,
         backup,
@@ -594,25 +763,28 @@ pub fn read<S: Storage + ?Sized>(disk: &mut S, sector_size: Option<u32>) -> Resu
 /// At every instant at least one copy validates, and a reader that prefers the primary sees
 /// the whole old table until the final primary header write, then the whole new one.
 pub fn write<S: Storage + ?Sized>(disk: &mut S, gpt: &Gpt) -> Result<()> {
-    let ss = u64::from(gpt.sector_size);
+    let ss = gpt.sector_size;
     let entries = gpt.padded_entries();
-    disk.write_at(gpt.backup_entries_lba * ss, &entries)
+    disk.write_at(lba_offset(gpt.backup_entries_lba, ss)?, &entries)
         .map_err(Error::io(format!(
             "writing backup GPT entries at LBA {}",
             gpt.backup_entries_lba
         )))?;
-    disk.write_at(gpt.backup_lba * ss, &gpt.header_sector(Copy::Backup))
-        .map_err(Error::io(format!(
-            "writing backup GPT header at LBA {}",
-            gpt.backup_lba
-        )))?;
+    disk.write_at(
+        lba_offset(gpt.backup_lba, ss)?,
+        &gpt.header_sector(Copy::Backup),
+    )
+    .map_err(Error::io(format!(
+        "writing backup GPT header at LBA {}",
+        gpt.backup_lba
+    )))?;
     disk.flush().map_err(Error::io("flushing the backup GPT"))?;
-    disk.write_at(gpt.primary_entries_lba * ss, &entries)
+    disk.write_at(lba_offset(gpt.primary_entries_lba, ss)?, &entries)
         .map_err(Error::io(format!(
             "writing primary GPT entries at LBA {}",
             gpt.primary_entries_lba
         )))?;
-    disk.write_at(ss, &gpt.header_sector(Copy::Primary))
+    disk.write_at(u64::from(ss), &gpt.header_sector(Copy::Primary))
         .map_err(Error::io("writing primary GPT header at LBA 1"))?;
     disk.flush()
         .map_err(Error::io("flushing the primary GPT"))?;
@@ -620,8 +792,17 @@ pub fn write<S: Storage + ?Sized>(disk: &mut S, gpt: &Gpt) -> Result<()> {
 }
 
 /// Writes a protective MBR partition record (bytes 446–511 of LBA 0; boot code is left alone).
+///
+/// The record covers LBA 1 to the end of the disk, or 2^32 - 1 sectors when the disk is larger
+/// (UEFI spec). A disk of fewer than two sectors is [`Error::DiskTooSmall`].
 pub fn write_protective_mbr<S: Storage + ?Sized>(disk: &mut S, sector_size: u32) -> Result<()> {
     let sectors = disk.len() / u64::from(sector_size);
+    if sectors < 2 {
+        return Err(Error::DiskTooSmall {
+            bytes: disk.len(),
+            sector_size,
+        });
+    }
     let mut rec = [0u8; 66];
     rec[0..8].copy_from_slice(&[0x00, 0x00, 0x02, 0x00, 0xee, 0xff, 0xff, 0xff]);
     rec[8..12].copy_from_slice(&1u32.to_le_bytes());
@@ -639,121 +820,4 @@ pub fn write_new<S: Storage + ?Sized>(disk: &mut S, gpt: &Gpt) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::MemDisk;
-
-    fn fresh(ss: u32) -> MemDisk {
-        let mut d = MemDisk::new(vec![0; 4 << 20], ss);
-        let mut g = Gpt::new(4 << 20, ss, Guid::random().unwrap()).unwrap();
-        g.set_entry(
-            3,
-            &Entry {
-                type_guid: crate::guid::USR_TYPE,
-                unique_guid: Guid::random().unwrap(),
-                first_lba: g.first_usable_lba,
-                last_lba: g.first_usable_lba + 7,
-                attributes: 1 << 48,
-                name: "USR-A".into(),
-            },
-        );
-        write_new(&mut d, &g).unwrap();
-        d
-    }
-
-    #[test]
-    fn fresh_table_reads_back_valid_in_both_copies() {
-        for ss in SECTOR_SIZES {
-            let mut d = fresh(ss);
-            let r = read(&mut d, None).unwrap();
-            assert_eq!(r.gpt.sector_size, ss);
-            assert!(r.primary.is_ok() && r.backup.is_ok() && r.copies_match && r.backup_at_end());
-            assert_eq!(r.gpt.entry(3).name, "USR-A");
-            assert_eq!(r.gpt.used_entries().len(), 1);
-        }
-    }
-
-    #[test]
-    fn corrupt_primary_header_falls_back_to_backup() {
-        let mut d = fresh(512);
-        d.bytes[512 + 40] ^= 1;
-        let r = read(&mut d, None).unwrap();
-        assert!(matches!(r.primary, Err(CopyError::HeaderCrc { .. })));
-        assert!(r.backup.is_ok());
-        assert_eq!(r.gpt.entry(3).name, "USR-A");
-    }
-
-    #[test]
-    fn corrupt_entries_are_caught_by_the_entries_crc() {
-        let mut d = fresh(4096);
-        d.bytes[2 * 4096 + 2 * 128 + 1] ^= 0x80;
-        let r = read(&mut d, None).unwrap();
-        assert!(matches!(r.primary, Err(CopyError::EntriesCrc { .. })));
-    }
-
-    #[test]
-    fn both_copies_corrupt_is_an_error() {
-        let mut d = fresh(512);
-        let len = d.bytes.len();
-        d.bytes[512 + 40] ^= 1;
-        d.bytes[len - 512 + 40] ^= 1;
-        assert!(matches!(
-            read(&mut d, None),
-            Err(Error::BothCopiesInvalid { .. })
-        ));
-    }
-
-    #[test]
-    fn zeroed_disk_is_not_gpt() {
-        let mut d = MemDisk::new(vec![0; 1 << 20], 512);
-        assert!(matches!(read(&mut d, None), Err(Error::NotGpt { .. })));
-    }
-
-    #[test]
-    fn gpt_for_other_sector_size_is_a_mismatch() {
-        let mut d = fresh(4096);
-        assert!(matches!(
-            read(&mut d, Some(512)),
-            Err(Error::SectorSizeMismatch {
-                gpt: 4096,
-                device: 512
-            })
-        ));
-    }
-
-    #[test]
-    fn primary_whose_backup_points_into_the_primary_area_is_invalid() {
-        // Found while writing the GPT fuzz target: a write would put the "backup" over LBA 2.
-        let mut d = fresh(512);
-        let g = read(&mut d, None).unwrap().gpt;
-        let mut h = g.header_sector(Copy::Primary);
-        h[32..40].copy_from_slice(&2u64.to_le_bytes());
-        h[16..20].fill(0);
-        let crc = crc32fast::hash(&h[..92]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        d.bytes[512..1024].copy_from_slice(&h);
-        let r = read(&mut d, None).unwrap();
-        assert!(
-            matches!(r.primary, Err(CopyError::Lbas { .. })),
-            "{:?}",
-            r.primary
-        );
-        assert!(r.backup.is_ok(), "the backup at the end is still found");
-    }
-
-    #[test]
-    fn absurd_entry_count_is_rejected_before_allocating() {
-        let mut d = fresh(512);
-        let g = read(&mut d, None).unwrap().gpt;
-        let mut h = g.header_sector(Copy::Primary);
-        h[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
-        h[16..20].fill(0);
-        let crc = crc32fast::hash(&h[..92]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        d.bytes[512..1024].copy_from_slice(&h);
-        assert!(matches!(
-            read(&mut d, None).unwrap().primary,
-            Err(CopyError::EntryArray { .. })
-        ));
-    }
-}
+mod tests;

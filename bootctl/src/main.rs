@@ -56,9 +56,10 @@ enum Command {
         #[arg(long, default_value_t = 1, value_name = "N")]
         tries: u32,
     },
-    /// Commit SLOT: successful 1, tries 0, priority kept.
+    /// Commit SLOT: successful 1, tries 0, priority kept (top priority if it was 0).
     ///
-    /// Example: bootctl mark-good /dev/vda B
+    /// A slot at priority 0 (booted through grub.cfg's fallback entry) becomes the next boot,
+    /// the others re-ranked below it. Example: bootctl mark-good /dev/vda B
     MarkGood {
         #[command(flatten)]
         disk: DiskArg,
@@ -107,7 +108,11 @@ fn open(d: &DiskArg, writable: bool) -> anyhow::Result<SlotDisk> {
 
 fn show(d: &DiskArg, json: bool) -> anyhow::Result<ExitCode> {
     let mut disk = open(d, false)?;
-    let next = disk.select(false)?;
+    // A table with inconsistent entries is shown, but GRUB's rule is not applied to it.
+    let next = match disk.state().entries {
+        Ok(()) => disk.select(false)?,
+        Err(_) => None,
+    };
     let state = disk.state();
     let slots = disk.slots();
     let g = disk.gpt();
@@ -121,6 +126,7 @@ fn show(d: &DiskArg, json: bool) -> anyhow::Result<ExitCode> {
             "primary": copy(&state.primary),
             "backup": copy(&state.backup),
             "copies_match": state.copies_match,
+            "entries": copy_entries(&state.entries),
             "backup_at_end": state.backup_at_end(),
             "slots": slots,
             "next": next.map(|s| s.slot.number),
@@ -144,6 +150,12 @@ fn show(d: &DiskArg, json: bool) -> anyhow::Result<ExitCode> {
         copy(&state.primary),
         copy(&state.backup)
     );
+    if let Err(e) = &state.entries {
+        println!(
+            "partition entries INVALID ({e}): every slot operation is refused until the table \
+             is fixed by hand"
+        );
+    }
     if state.needs_repair() {
         println!("needs repair: run `bootctl repair {}`", d.disk.display());
     }
@@ -164,10 +176,15 @@ fn show(d: &DiskArg, json: bool) -> anyhow::Result<ExitCode> {
     }
     match next {
         Some(n) => println!("next boot: {} ({})", n.slot.number, n.slot.label),
+        None if state.entries.is_err() => println!("next boot: unknown (invalid entries)"),
         None if slots.is_empty() => println!("next boot: none (no usr partitions)"),
         None => println!("next boot: none (no bootable slot)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn copy_entries(r: &Result<(), bootctl::gpt::EntryError>) -> serde_json::Value {
+    serde_json::json!({"valid": r.is_ok(), "error": r.as_ref().err().map(|e| e.to_string())})
 }
 
 fn change(

@@ -139,6 +139,12 @@ mod tests {
         assert_eq!(prioritize(&[15, 15, 14, 1, 0], 4), vec![14, 14, 13, 12, 15]);
     }
 
+    #[test]
+    fn prioritize_ranks_the_others_without_the_target_s_old_priority() {
+        // 5 is the target's own priority: the others rank 15 -> 14, 3 -> 13, not 12.
+        assert_eq!(prioritize(&[15, 5, 3], 1), vec![14, 15, 13]);
+    }
+
     fn attrs() -> impl Strategy<Value = SlotAttrs> {
         (0u8..=15, 0u8..=15, any::<bool>()).prop_map(|(p, t, ok)| s(p, t, ok))
     }
