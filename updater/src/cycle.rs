@@ -330,7 +330,7 @@ impl Cycle {
             log::warn!("recording the health verdict: {e}");
         }
         if verdict.passed {
-            commit(&mut disk, &self.dev.booted).with_context(|| {
+            disk.mark_good(&self.dev.booted).with_context(|| {
                 format!("committing slot {name} on {}", self.dev.disk.display())
             })?;
             self.clear_pending_for(&booted)?;
@@ -455,7 +455,7 @@ impl Cycle {
         let _lock = self.lock("mark-good")?;
         let mut disk = self.open(true)?;
         let (booted, _, _) = self.slots(&disk)?;
-        let wrote = commit(&mut disk, &self.dev.booted).with_context(|| {
+        let wrote = disk.mark_good(&self.dev.booted).with_context(|| {
             format!(
                 "committing slot {} on {}",
                 slot_name(&booted),
@@ -534,16 +534,6 @@ impl Cycle {
             config_warnings: self.settings.warnings.clone(),
         })
     }
-}
-
-/// Commits `id` (successful, no tries). A slot booted through grub.cfg's fallback entry has
-/// priority 0: it also becomes the top priority, or every later boot would be a fallback boot.
-fn commit(disk: &mut SlotDisk, id: &SlotId) -> bootctl::Result<bool> {
-    let mut wrote = disk.mark_good(id)?;
-    if disk.slot(id)?.attrs.priority == 0 {
-        wrote |= disk.prioritize(id)?;
-    }
-    Ok(wrote)
 }
 
 #[cfg(test)]

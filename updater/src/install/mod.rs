@@ -560,40 +560,27 @@ fn plan_locked(
     })
 }
 
-/// Refuses a target slot whose byte range is empty, overflows, or touches the booted slot's
-/// (a CRC-valid GPT can still describe overlapping partitions).
+/// Refuses a target slot that is the booted one, whose byte range is empty or overflows, or
+/// that touches the booted slot's range. bootctl already refuses a table whose entries
+/// overlap; this is the install's own last word before it writes.
 fn check_target_geometry(booted: &Slot, target: &Slot) -> Result<(), InstallError> {
-    let range = |s: &Slot| -> Option<(u64, u64)> {
-        let size = u64::from(s.sector_size);
-        let first = s.first_lba.checked_mul(size)?;
-        let end = s.last_lba.checked_add(1)?.checked_mul(size)?;
-        (first < end).then_some((first, end))
-    };
-    let bad = |why: String| InstallError::TargetGeometry {
-        target: target.number,
-        why,
-    };
     if target.number == booted.number {
         return Err(InstallError::TargetIsBooted {
             number: target.number,
         });
     }
-    let t = range(target).ok_or_else(|| {
-        bad(format!(
-            "LBAs {}..={} do not make a byte range",
-            target.first_lba, target.last_lba
-        ))
-    })?;
-    let b = range(booted).ok_or_else(|| {
-        bad(format!(
-            "the booted partition {}'s LBAs {}..={} do not make a byte range",
-            booted.number, booted.first_lba, booted.last_lba
-        ))
-    })?;
-    if t.0 < b.1 && b.0 < t.1 {
+    let bad = |why: String| InstallError::TargetGeometry {
+        target: target.number,
+        why,
+    };
+    let t = target.byte_range().map_err(|e| bad(e.to_string()))?;
+    if t.is_empty() {
+        return Err(bad("its byte range is empty".into()));
+    }
+    if target.overlaps(booted) {
         return Err(bad(format!(
-            "bytes {}..{} overlap the booted partition {} at bytes {}..{}",
-            t.0, t.1, booted.number, b.0, b.1
+            "bytes {}..{} overlap the booted partition {} (LBAs {}..={})",
+            t.start, t.end, booted.number, booted.first_lba, booted.last_lba
         )));
     }
     Ok(())
@@ -908,6 +895,43 @@ mod tests {
             frame_len: 1,
             sha256: Sha256Digest::of(data),
         }
+    }
+
+    #[test]
+    fn a_target_touching_the_booted_range_is_refused_and_an_adjacent_one_is_not() {
+        let booted = Slot {
+            number: 3,
+            label: "USR-A".into(),
+            first_lba: 100,
+            last_lba: 199,
+            ..setup().1
+        };
+        let at = |first_lba, last_lba| Slot {
+            first_lba,
+            last_lba,
+            ..setup().1
+        };
+        assert!(check_target_geometry(&booted, &at(200, 299)).is_ok());
+        assert!(check_target_geometry(&booted, &at(0, 99)).is_ok());
+        for (first, last) in [(199, 299), (0, 100), (150, 160), (0, 1000)] {
+            let e = check_target_geometry(&booted, &at(first, last)).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "refusing to write partition 4: bytes {}..{} overlap the booted partition 3",
+                    first * 512,
+                    (last + 1) * 512
+                )),
+                "{first}..={last}: {e}"
+            );
+        }
+        assert!(matches!(
+            check_target_geometry(&booted, &at(300, 299)),
+            Err(InstallError::TargetGeometry { .. })
+        ));
+        assert!(matches!(
+            check_target_geometry(&booted, &booted),
+            Err(InstallError::TargetIsBooted { number: 3 })
+        ));
     }
 
     #[test]
