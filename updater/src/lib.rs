@@ -26,4 +26,5 @@ pub mod osrelease;
 pub mod payload;
 pub mod source;
 pub mod state;
+pub mod stream;
 pub mod version;
