@@ -165,6 +165,18 @@ pub enum StreamError {
         /// SHA-256 of this stream.
         found: Sha256Digest,
     },
+    /// A fetched payload is not the one the release entry describes.
+    #[error("payload for release {version} does not match its stream entry: {field} is {found}, the stream says {listed}")]
+    PayloadMismatch {
+        /// The release's version.
+        version: String,
+        /// `version`, `size`, `payload_id` or `image_sha256`.
+        field: &'static str,
+        /// The value in the stream.
+        listed: String,
+        /// The value of the payload.
+        found: String,
+    },
     /// The stream is past its `expires` time: a frozen (withheld) stream.
     #[error("stream expired at {expires} (now {now}): the publisher has not re-signed it, or it is being withheld")]
     Expired {
@@ -372,6 +384,48 @@ impl Stream {
 }
 
 impl Release {
+    /// Checks a fetched payload against this entry: its signed manifest's version and image
+    /// SHA-256, its payload id and, when known, its size. A box installs a release only from a
+    /// payload that passes (the payload's own signature is checked by the payload reader).
+    pub fn check_payload(
+        &self,
+        prelude: &payload::VerifiedPrelude,
+        size: Option<u64>,
+    ) -> Result<(), StreamError> {
+        let mismatch = |field, listed: String, found: String| StreamError::PayloadMismatch {
+            version: self.version.clone(),
+            field,
+            listed,
+            found,
+        };
+        if prelude.manifest.version != self.version {
+            return Err(mismatch(
+                "version",
+                self.version.clone(),
+                prelude.manifest.version.clone(),
+            ));
+        }
+        let id = prelude.payload_id();
+        if id != self.payload_id {
+            return Err(mismatch(
+                "payload_id",
+                self.payload_id.to_string(),
+                id.to_string(),
+            ));
+        }
+        if prelude.manifest.image_sha256 != self.image_sha256 {
+            return Err(mismatch(
+                "image_sha256",
+                self.image_sha256.to_string(),
+                prelude.manifest.image_sha256.to_string(),
+            ));
+        }
+        if let Some(size) = size.filter(|&s| s != self.size) {
+            return Err(mismatch("size", self.size.to_string(), size.to_string()));
+        }
+        Ok(())
+    }
+
     fn validate(&self, i: usize) -> Result<(), StreamError> {
         let v = &self.version;
         if v.is_empty() || v.len() > payload::MAX_STRING_LEN || v.chars().any(char::is_control) {

@@ -137,6 +137,46 @@ fn test_vector_verifies_with_the_payload_key_and_describes_the_vector_payload() 
 /// The publisher's edits (init, add, rollout, one serial each) reproduce the vector exactly,
 /// as `testdata/stream-gen-vector.sh` does through `image-tools publish`.
 #[test]
+fn a_payload_is_checked_against_its_entry() {
+    let (bytes, _) = vector();
+    let entry = Stream::parse(&bytes).unwrap().releases[0].clone();
+    let p = vector_payload();
+    entry.check_payload(&p, Some(754)).unwrap();
+    entry.check_payload(&p, None).unwrap();
+    let mut other_version = entry.clone();
+    other_version.version = "1.1".into();
+    let mut other_id = entry.clone();
+    other_id.payload_id = digest(3);
+    let mut other_image = entry.clone();
+    other_image.image_sha256 = digest(4);
+    let rows = [
+        (
+            other_version,
+            Some(754),
+            "payload for release 1.1 does not match its stream entry: version is 1.0, the stream says 1.1".to_owned(),
+        ),
+        (
+            other_id,
+            Some(754),
+            format!("payload for release 1.0 does not match its stream entry: payload_id is {}, the stream says {}", p.payload_id(), digest(3)),
+        ),
+        (
+            other_image,
+            Some(754),
+            format!("payload for release 1.0 does not match its stream entry: image_sha256 is {}, the stream says {}", p.manifest.image_sha256, digest(4)),
+        ),
+        (
+            entry.clone(),
+            Some(755),
+            "payload for release 1.0 does not match its stream entry: size is 755, the stream says 754".to_owned(),
+        ),
+    ];
+    for (entry, size, want) in rows {
+        assert_eq!(entry.check_payload(&p, size).unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
 fn writer_reproduces_the_test_vector_byte_for_byte() {
     let p = vector_payload();
     let payload_len = std::fs::metadata(testdata().join("vector.payload"))
