@@ -241,7 +241,8 @@ pub struct Stream {
     pub releases: Vec<Release>,
 }
 
-/// What a box remembers of the last stream it accepted, to refuse replays.
+/// What a box remembers of the last stream it accepted, to refuse replays. Keep one per
+/// channel: serials of different channels are unrelated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     /// The stream's serial.

@@ -515,6 +515,16 @@ fn refuses_each_bad_stream_with_its_exact_error() {
 }
 
 #[test]
+fn channel_names_are_lower_case_words_that_name_a_directory() {
+    for good in ["stable", "beta-2", "lts_2026.1", "0day", &"a".repeat(64)] {
+        check_channel(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+    for bad in ["", "Stable", "-x", ".hidden", "a/b", "a b", &"a".repeat(65)] {
+        assert!(check_channel(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
 fn read_bounded_refuses_one_byte_over_the_maximum() {
     let data = [b'x'; 11];
     assert_eq!(
