@@ -36,7 +36,7 @@
 
 use super::{Release, Rollout, Stream};
 use crate::version::compare_versions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 use std::fmt;
@@ -45,7 +45,7 @@ use std::fmt;
 pub const POSITION_DOMAIN: &[u8] = b"updater rollout position\n";
 
 /// Where a box stands in every staged rollout: 0 goes first, values near 1 go last.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Position(f64);
 
@@ -106,7 +106,7 @@ pub fn open_fraction(rollout: &Rollout, now: u64) -> f64 {
 }
 
 /// Why a release is not the target.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Skip {
@@ -167,7 +167,7 @@ impl fmt::Display for Skip {
 }
 
 /// One release as [`choose_target`] judged it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     /// The release's version.
     pub version: String,
@@ -176,7 +176,7 @@ pub struct Candidate {
 }
 
 /// What the box should do.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Install this release.
@@ -191,7 +191,7 @@ pub enum Outcome {
 }
 
 /// The choice of a target and its explanation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The booted version.
     pub booted: String,

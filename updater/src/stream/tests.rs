@@ -755,6 +755,8 @@ fn the_decision_explains_itself_in_text_and_json() {
     assert_eq!(j["position"], 0.25);
     assert_eq!(j["candidates"][2]["skip"]["reason"], "paused");
     assert_eq!(j["candidates"][1]["skip"], serde_json::Value::Null);
+    // The agent keeps its last decision in its state: it reads back unchanged.
+    assert_eq!(serde_json::from_value::<Decision>(j).unwrap(), d);
 }
 
 #[test]
