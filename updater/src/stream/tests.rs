@@ -271,6 +271,18 @@ fn the_same_stream_again_and_a_higher_serial_are_accepted() {
     );
 }
 
+#[test]
+fn members_in_any_order_and_unknown_members_are_accepted() {
+    let text = format!(
+        r#"{{"releases": [], "expires": {}, "serial": 7, "added_later": {{"x": [1]}},
+            "channel": "stable", "generated": {T0}, "format_version": 1}}"#,
+        T0 + 30 * DAY
+    );
+    let (bytes, sig) = signed(text.as_bytes());
+    let v = verify(&bytes, &sig, &trusted(), &expect(T0)).unwrap();
+    assert_eq!(v.stream, stream(&[]));
+}
+
 type Case = (
     &'static str,
     Vec<u8>,
