@@ -823,6 +823,11 @@ fn pause_holds_a_release_back_and_resume_offers_it_again() {
     });
     let d = choose_target(&resumed, "1.0", |_| false, at(0.0), T0);
     assert_eq!(d.target().map(|r| r.version.as_str()), Some("1.2"));
+    assert_eq!(
+        d.candidates[1].skip,
+        Some(Skip::Superseded { by: v("1.2") })
+    );
+    assert_eq!(d.candidates[2].skip, None);
 }
 
 #[test]
