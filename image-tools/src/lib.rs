@@ -1,10 +1,12 @@
 //! Publisher and factory tools: keys, /usr images, signed payloads and bootable disk images.
 //!
 //! One module per subcommand family: [`keys`] (keygen), [`pack`] (pack, verify, inspect),
-//! [`mkusr`] (build a /usr filesystem image), [`disk`] (assemble a bootable GPT disk image).
+//! [`mkusr`] (build a /usr filesystem image), [`disk`] (assemble a bootable GPT disk image),
+//! [`publish`] (signed release streams and the payload tree they list).
 #![deny(missing_docs)]
 
 pub mod disk;
 pub mod keys;
 pub mod mkusr;
 pub mod pack;
+pub mod publish;

@@ -1,6 +1,6 @@
 //! `image-tools`: the publisher and factory binary. Parsing only; the work is in the library.
 use clap::{Parser, Subcommand};
-use image_tools::{disk, keys, mkusr, pack};
+use image_tools::{disk, keys, mkusr, pack, publish};
 use std::process::ExitCode;
 
 /// Publisher and factory tools for A/B /usr updates.
@@ -22,6 +22,7 @@ enum Command {
     Inspect(pack::InspectCmd),
     Mkusr(mkusr::MkusrCmd),
     Disk(disk::DiskCmd),
+    Publish(publish::PublishCmd),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,6 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(c) => c.run(),
         Command::Mkusr(c) => c.run(),
         Command::Disk(c) => c.run(),
+        Command::Publish(c) => c.run(),
     }
 }
 

@@ -177,7 +177,8 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
     u64::try_from(t).with_context(|| format!("time {s:?} is before 1970"))
 }
 
-fn now_or_source_date_epoch() -> anyhow::Result<u64> {
+/// The current time in Unix seconds, or `SOURCE_DATE_EPOCH` when set (reproducible output).
+pub(crate) fn now_or_source_date_epoch() -> anyhow::Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
             .parse()
@@ -189,7 +190,8 @@ fn now_or_source_date_epoch() -> anyhow::Result<u64> {
     }
 }
 
-fn load_secret_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+/// Reads a secret key file written by keygen.
+pub(crate) fn load_secret_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     writer::parse_secret_key(&text)

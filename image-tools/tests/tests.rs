@@ -2,3 +2,4 @@
 mod disk;
 mod mkusr;
 mod pack;
+mod publish;

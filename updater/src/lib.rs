@@ -26,5 +26,6 @@ pub mod osrelease;
 pub mod payload;
 pub mod source;
 pub mod state;
+pub mod stream;
 pub mod version;
 pub mod window;
