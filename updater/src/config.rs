@@ -42,10 +42,12 @@ pub enum RebootStrategy {
     Off,
     /// Reboot as soon as a reboot is needed.
     Immediate,
+    /// Reboot only inside a maintenance window (`[reboot.periodic]`).
+    Periodic,
 }
 
 /// One drop-in: every key optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fragment {
     /// `[install]`
@@ -56,6 +58,36 @@ pub struct Fragment {
     pub reboot: Option<RebootFragment>,
     /// `[download]`
     pub download: Option<DownloadFragment>,
+    /// `[agent]`
+    pub agent: Option<AgentFragment>,
+}
+
+/// `[agent]` keys: where the box finds its releases and how often it looks.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFragment {
+    /// The stream's URL: `https://…/CHANNEL/stream.json`, `file:///…`, or a path.
+    pub stream_url: Option<String>,
+    /// The channel the stream must be for.
+    pub channel: Option<String>,
+    /// Seconds between polls.
+    pub interval_secs: Option<u64>,
+    /// At most this many seconds are added to each interval, at random.
+    pub jitter_secs: Option<u64>,
+    /// Overrides the box's rollout position (0: first, 1: only once open to all).
+    pub rollout_wariness: Option<f64>,
+    /// Where the Prometheus text file goes (node-exporter's textfile collector).
+    pub metrics_file: Option<String>,
+}
+
+/// `[reboot.periodic]` keys: the maintenance windows of the `periodic` strategy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodicFragment {
+    /// IANA time zone of the windows (`UTC`, `Europe/Berlin`).
+    pub time_zone: Option<String>,
+    /// The windows (`[[reboot.periodic.window]]`).
+    pub window: Option<Vec<crate::window::WindowSpec>>,
 }
 
 /// `[install]` keys.
@@ -80,8 +112,10 @@ pub struct HealthFragment {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RebootFragment {
-    /// `off` or `immediate`.
+    /// `off`, `immediate` or `periodic`.
     pub strategy: Option<RebootStrategy>,
+    /// `[reboot.periodic]`
+    pub periodic: Option<PeriodicFragment>,
 }
 
 /// `[download]` keys: how a payload download is retried and when it is abandoned
@@ -111,7 +145,7 @@ pub const MAX_DEADLINE_SECS: u64 = 30 * 86_400;
 pub const MAX_THROUGHPUT_WINDOW_SECS: u64 = 86_400;
 
 /// Validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// Tries for a newly installed slot.
     pub tries: u8,
@@ -123,10 +157,46 @@ pub struct Settings {
     pub reboot: RebootStrategy,
     /// Download retries and limits (`[download]`).
     pub download: crate::source::RetryPolicy,
+    /// The agent (`[agent]`).
+    pub agent: AgentSettings,
+    /// Time zone of the maintenance windows (`reboot.periodic.time_zone`).
+    pub time_zone: String,
+    /// The maintenance windows (`[[reboot.periodic.window]]`), validated at load.
+    pub windows: Vec<crate::window::WindowSpec>,
     /// Drop-ins read, in the order applied.
     pub files: Vec<PathBuf>,
     /// Problems found (unknown keys, bad values); each names the file and key.
     pub warnings: Vec<String>,
+}
+
+/// Validated `[agent]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSettings {
+    /// The stream's URL; `None`: the agent has nothing to poll.
+    pub stream_url: Option<String>,
+    /// The channel followed.
+    pub channel: String,
+    /// Time between polls.
+    pub interval: Duration,
+    /// Most random time added to an interval.
+    pub jitter: Duration,
+    /// The rollout position override, in 0..=1.
+    pub rollout_wariness: Option<f64>,
+    /// The Prometheus text file, relative to the root when not absolute.
+    pub metrics_file: PathBuf,
+}
+
+impl Default for AgentSettings {
+    fn default() -> AgentSettings {
+        AgentSettings {
+            stream_url: None,
+            channel: "stable".into(),
+            interval: Duration::from_secs(3600),
+            jitter: Duration::from_secs(600),
+            rollout_wariness: None,
+            metrics_file: PathBuf::from("var/lib/updater/updater.prom"),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -137,6 +207,9 @@ impl Default for Settings {
             deadline: Duration::from_secs(300),
             reboot: RebootStrategy::Off,
             download: crate::source::RetryPolicy::default(),
+            agent: AgentSettings::default(),
+            time_zone: "UTC".into(),
+            windows: Vec::new(),
             files: Vec::new(),
             warnings: Vec::new(),
         }
@@ -275,8 +348,71 @@ impl Settings {
         if let Some(strategy) = f.reboot.as_ref().and_then(|r| r.strategy) {
             self.reboot = strategy;
         }
+        if let Some(p) = f.reboot.as_ref().and_then(|r| r.periodic.as_ref()) {
+            self.apply_periodic(p, file);
+        }
+        if let Some(a) = &f.agent {
+            self.apply_agent(a, file);
+        }
         if let Some(d) = &f.download {
             self.apply_download(d, file);
+        }
+    }
+
+    fn apply_periodic(&mut self, p: &PeriodicFragment, file: &Path) {
+        let tz = p
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| self.time_zone.clone());
+        let windows = p.window.clone().unwrap_or_else(|| self.windows.clone());
+        match crate::window::MaintenanceWindows::new(&tz, &windows) {
+            Ok(_) => {
+                self.time_zone = tz;
+                self.windows = windows;
+            }
+            // Fail closed: a periodic strategy with no valid window never reboots.
+            Err(e) => self
+                .warnings
+                .push(format!("{}: reboot.periodic: {e}; ignored", file.display())),
+        }
+    }
+
+    fn apply_agent(&mut self, a: &AgentFragment, file: &Path) {
+        let agent = &mut self.agent;
+        if let Some(url) = &a.stream_url {
+            agent.stream_url = Some(url.clone());
+        }
+        if let Some(channel) = &a.channel {
+            match crate::stream::check_channel(channel) {
+                Ok(()) => agent.channel = channel.clone(),
+                Err(e) => self
+                    .warnings
+                    .push(format!("{}: agent.channel: {e}; ignored", file.display())),
+            }
+        }
+        for (key, value, slot, min) in [
+            ("interval_secs", a.interval_secs, &mut agent.interval, 1),
+            ("jitter_secs", a.jitter_secs, &mut agent.jitter, 0),
+        ] {
+            match value {
+                Some(v) if v >= min && v <= 7 * 24 * 3600 => *slot = Duration::from_secs(v),
+                Some(v) => self.warnings.push(format!(
+                    "{}: agent.{key} = {v} out of range {min}-604800, ignored",
+                    file.display()
+                )),
+                None => {}
+            }
+        }
+        match a.rollout_wariness {
+            Some(w) if (0.0..=1.0).contains(&w) => agent.rollout_wariness = Some(w),
+            Some(w) => self.warnings.push(format!(
+                "{}: agent.rollout_wariness = {w} out of range 0-1, ignored",
+                file.display()
+            )),
+            None => {}
+        }
+        if let Some(m) = &a.metrics_file {
+            agent.metrics_file = PathBuf::from(m);
         }
     }
 

@@ -268,7 +268,16 @@ impl Cycle {
         if no_reboot {
             return Ok(RebootAction::Skipped);
         }
-        if self.settings.reboot == RebootStrategy::Immediate && self.dev.is_live() {
+        let allowed = match self.settings.reboot {
+            RebootStrategy::Off => false,
+            RebootStrategy::Immediate => true,
+            RebootStrategy::Periodic => crate::window::MaintenanceWindows::new(
+                &self.settings.time_zone,
+                &self.settings.windows,
+            )
+            .is_ok_and(|w| w.is_open(now() as i64)),
+        };
+        if allowed && self.dev.is_live() {
             return Ok(RebootAction::Rebooting);
         }
         let marker = self.dev.reboot_marker();

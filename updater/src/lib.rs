@@ -13,6 +13,7 @@
 //! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status).
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod bootstate;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,7 @@
 //! `updater`: the device binary. Parsing and dispatch only; the work is in the library.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use updater::cli::{cycle, install, GlobalArgs};
+use updater::cli::{agent, cycle, install, GlobalArgs};
 
 /// A/B /usr updater: install signed images into the passive slot, then commit or roll back.
 ///
@@ -24,6 +24,8 @@ enum Command {
     Rollback(cycle::RollbackCmd),
     MarkGood(cycle::MarkGoodCmd),
     MarkBad(cycle::MarkBadCmd),
+    Check(agent::CheckCmd),
+    Agent(agent::AgentCmd),
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -34,10 +36,32 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(c) => c.run(&cli.global),
         Command::MarkGood(c) => c.run(&cli.global),
         Command::MarkBad(c) => c.run(&cli.global),
+        Command::Check(c) => c.run(&cli.global),
+        Command::Agent(c) => c.run(&cli.global),
     }
 }
 
+/// Log lines on stderr, one per line, which journald and a serial console both keep.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "updater: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() -> ExitCode {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Info));
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! Integration tests of `updater` (one binary; one module per area).
+mod agent;
 mod crashpoints;
 mod cycle;
 mod hardening;

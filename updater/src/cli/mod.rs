@@ -4,6 +4,7 @@
 //! Without `--disk`, the disk and the booted slot come from the kernel command line's
 //! `mount.usr=PARTUUID=…` (the partition GRUB booted); see [`crate::device`] for the rules.
 
+pub mod agent;
 pub mod cycle;
 pub mod install;
 pub mod progress;

@@ -68,7 +68,7 @@ pub struct InstallOptions {
 }
 
 /// What an install did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InstallReport {
     /// The slot written (`A` or `B`).
     pub slot: String,
@@ -590,6 +590,11 @@ impl InstallPlan {
     /// The verified manifest.
     pub fn manifest(&self) -> &payload::Manifest {
         &self.prelude.manifest
+    }
+
+    /// The verified payload prelude (signed manifest, signer, chunk table).
+    pub fn prelude(&self) -> &payload::VerifiedPrelude {
+        &self.prelude
     }
 
     /// The slot to be written.
