@@ -127,6 +127,8 @@ pub struct Status {
     pub health_checks: String,
     /// No health check is installed: a trial boot is committed for reaching init.
     pub no_health_checks: bool,
+    /// The update agent's view (`agent.json`), when it has run.
+    pub agent: Option<crate::agent::AgentState>,
     /// Configuration warnings.
     pub config_warnings: Vec<String>,
 }
@@ -540,6 +542,11 @@ impl Cycle {
             last_health,
             health_checks,
             no_health_checks,
+            agent: self
+                .state
+                .load::<crate::agent::AgentState>(crate::agent::AGENT_STATE)
+                .ok()
+                .flatten(),
             config_warnings: self.settings.warnings.clone(),
         })
     }

@@ -221,6 +221,26 @@ pub fn render_status(s: &Status) -> String {
             ""
         }
     );
+    if let Some(a) = &s.agent {
+        let _ = writeln!(
+            o,
+            "agent: stream {} serial {}; last check at {} (Unix time): {}{}",
+            a.stream_url,
+            a.serial.map_or("-".into(), |n| n.to_string()),
+            a.last_check,
+            if a.last_check_ok { "" } else { "FAILED: " },
+            a.last_result
+        );
+        if let Some(t) = &a.target {
+            let _ = writeln!(o, "agent target: {t}");
+        }
+        if let Some((start, end)) = a.next_window {
+            let _ = writeln!(
+                o,
+                "next maintenance window: {start}..{end} (Unix time)"
+            );
+        }
+    }
     for w in &s.config_warnings {
         let _ = writeln!(o, "config warning: {w}");
     }
