@@ -20,7 +20,7 @@
 
 pub mod pipeline;
 
-use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest, TrustedKeys};
+use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest};
 use crate::source::{ResumingReader, RetryPolicy, Source};
 use crate::state::{InstallProgress, PendingInstall, StateDir, StateError};
 use crate::version::compare_versions;
@@ -429,17 +429,10 @@ pub fn install(
     opts: &InstallOptions,
     progress: &mut dyn Progress,
 ) -> Result<InstallReport, InstallError> {
-    let keys = TrustedKeys::load_dirs(&device.key_dirs())?;
-    if keys.is_empty() {
-        return Err(InstallError::NoTrustedKeys {
-            dirs: device
-                .key_dirs()
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    let keys = payload::load_trusted(
+        &device.root,
+        &crate::config::Settings::load(&device.root).keys,
+    )?;
     let (booted_id, booted_version) = booted_release(device)?;
     let disk_err = |source| InstallError::Disk {
         path: device.disk.clone(),
