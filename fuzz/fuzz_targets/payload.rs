@@ -1,40 +1,68 @@
-//! Arbitrary bytes as a payload: the header, manifest and signature-block parsers and the
-//! whole prelude reader (with the test-vector key trusted) never panic or over-allocate; and
-//! arbitrary bytes as a chunk table that a signed manifest vouches for are parsed safely.
+//! Arbitrary bytes as a payload. Mode 0: the header, manifest and signature-block parsers and
+//! the whole prelude reader (with the test-vector key trusted) never panic or over-allocate,
+//! and arbitrary bytes never get past the signature check. Mode 1: arbitrary bytes as a chunk
+//! table that a signed manifest vouches for are parsed safely. Mode 2: an arbitrary manifest
+//! that the trusted test-vector key did sign (the reader parses a manifest only once its
+//! signature verified, so this is the only way to reach those checks through the reader).
 #![no_main]
+use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use updater::payload::{self, Header, Manifest, SignatureBlock, TrustedKeys, HEADER_LEN};
+use updater::payload::{self, Header, KeyId, Manifest, Signature, SignatureBlock, TrustedKeys, HEADER_LEN};
 
-const VECTOR_PUB: &str = include_str!("../../updater/testdata/vector.pub");
+const VECTOR_KEY: &str = include_str!("../../updater/testdata/vector.key");
 const VECTOR_PAYLOAD: &[u8] = include_bytes!("../../updater/testdata/vector.payload");
+
+fn signing_key() -> &'static SigningKey {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let seed: [u8; 32] = hex::decode(VECTOR_KEY.trim()).expect("hex key").try_into().expect("32 bytes");
+        SigningKey::from_bytes(&seed)
+    })
+}
 
 fn keys() -> &'static TrustedKeys {
     static KEYS: OnceLock<TrustedKeys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let bytes: [u8; 32] = hex::decode(VECTOR_PUB.trim()).expect("hex key").try_into().expect("32 bytes");
-        TrustedKeys::new([ed25519_dalek::VerifyingKey::from_bytes(&bytes).expect("test vector key")])
-    })
+    KEYS.get_or_init(|| TrustedKeys::new([signing_key().verifying_key()]))
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 2 {
+    match mode % 3 {
         0 => {
             if let Some(h) = rest.get(..HEADER_LEN) {
                 let _ = Header::parse(h.try_into().expect("64 bytes"));
             }
             let _ = Manifest::parse(rest);
             let _ = SignatureBlock::parse(rest);
-            let _ = payload::read_prelude(&mut &rest[..], keys());
+            if let Ok(p) = payload::read_prelude(&mut &rest[..], keys()) {
+                // Only a manifest the key signed gets through: the committed vector's.
+                assert_eq!(p.manifest_bytes, VECTOR_PAYLOAD[HEADER_LEN..HEADER_LEN + 118]);
+            }
         }
-        _ => {
+        1 => {
             // A chunk table the (test vector's) manifest vouches for by hash and count.
             let p = payload::read_prelude(&mut &VECTOR_PAYLOAD[..], keys()).expect("test vector");
             let mut m: Manifest = p.manifest.clone();
             m.chunk_table_sha256 = payload::Sha256Digest::of(rest);
             m.chunk_count = (rest.len() / payload::CHUNK_ENTRY_LEN) as u32;
             let _ = payload::ChunkTable::parse(rest, &m, &p.header);
+        }
+        _ => {
+            // Two bytes of manifest length, the manifest, then the chunk table and frames.
+            let Some((len, rest)) = rest.split_first_chunk::<2>() else { return };
+            let len = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+            let (manifest, tail) = rest.split_at(len);
+            let block = SignatureBlock {
+                signatures: vec![Signature {
+                    key_id: KeyId::of(&signing_key().verifying_key()),
+                    signature: signing_key().sign(manifest).to_bytes(),
+                }],
+            }
+            .encode();
+            let header = Header { manifest_len: len as u32, signatures_len: block.len() as u32 };
+            let bytes = [&header.encode()[..], manifest, &block, tail].concat();
+            let _ = payload::verify_stream(&mut &bytes[..], keys());
         }
     }
 });

@@ -22,9 +22,13 @@ mk_gpt() { # $1 = sector size, $2 = output, $3 = image size
 mk_gpt 512 gpt/two-slots-512 $((80 * 512))
 mk_gpt 4096 gpt/two-slots-4096 $((16 * 4096))
 
-# payload: mode byte 0 (whole prelude) with the committed test vector; mode 1 (chunk table).
-{ printf '\000'; cat ../../updater/testdata/vector.payload; } > payload/vector
+# payload: mode byte 0 (whole prelude) with the committed test vector; mode 1 (chunk table);
+# mode 2 (a manifest the target signs with the vector key: 2-byte length, manifest, then the
+# vector's chunk table and frames, so the seed is the whole vector re-signed).
+V=../../updater/testdata/vector.payload
+{ printf '\000'; cat $V; } > payload/vector
 { printf '\001'; head -c 112 /dev/zero; } > payload/two-zero-entries
+{ printf '\002\166\000'; tail -c +65 $V | head -c 118; tail -c +259 $V; } > payload/signed-manifest
 
 # frame: 4-byte little-endian chunk length, then a zstd frame of that many bytes.
 printf 'hello, frame\n' > /tmp/seed-frame.txt

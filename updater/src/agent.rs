@@ -31,7 +31,6 @@ use crate::device::DeviceSpec;
 use crate::history::{now, History};
 use crate::install::{self, InstallOptions, InstallReport, NoProgress};
 use crate::lock::{UpdaterLock, DEFAULT_LOCK_WAIT};
-use crate::payload::TrustedKeys;
 use crate::source::{FileSource, HttpSource, Source};
 use crate::state::{StateDir, PENDING};
 use crate::stream::{self, Accepted, Decision, Expectations, Position, VerifiedStream};
@@ -256,7 +255,7 @@ impl Agent {
         let channel = self.settings.agent.channel.clone();
         let boot_state = self.boot_state()?;
         let st = self.state();
-        let keys = TrustedKeys::load_dirs(&self.dev.key_dirs())?;
+        let keys = crate::payload::load_trusted(&self.dev.root, &self.settings.keys)?;
         let etag = st
             .etag
             .as_ref()

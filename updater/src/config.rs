@@ -60,6 +60,8 @@ pub struct Fragment {
     pub download: Option<DownloadFragment>,
     /// `[agent]`
     pub agent: Option<AgentFragment>,
+    /// `[keys]`
+    pub keys: Option<KeysFragment>,
 }
 
 /// `[agent]` keys: where the box finds its releases and how often it looks.
@@ -163,6 +165,8 @@ pub struct Settings {
     pub time_zone: String,
     /// The maintenance windows (`[[reboot.periodic.window]]`), validated at load.
     pub windows: Vec<crate::window::WindowSpec>,
+    /// Key revocations and signatures required (`[keys]`).
+    pub keys: crate::payload::KeySettings,
     /// Drop-ins read, in the order applied.
     pub files: Vec<PathBuf>,
     /// Problems found (unknown keys, bad values); each names the file and key.
@@ -210,6 +214,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             time_zone: "UTC".into(),
             windows: Vec::new(),
+            keys: crate::payload::KeySettings::default(),
             files: Vec::new(),
             warnings: Vec::new(),
         }
@@ -356,6 +361,9 @@ impl Settings {
         }
         if let Some(d) = &f.download {
             self.apply_download(d, file);
+        }
+        if let Some(keys) = &f.keys {
+            self.apply_keys(keys, file);
         }
     }
 
@@ -671,5 +679,173 @@ mod docs_tests {
                 );
             }
         }
+    }
+}
+
+/// `[keys]` keys. Values are taken as raw TOML and checked in [`Settings::apply_keys`], so a
+/// bad value is never silently dropped: it is a warning *and* lands in
+/// [`KeySettings::invalid`](crate::payload::KeySettings::invalid), which makes installs trust no
+/// key (failing closed: ignoring a bad revocation could trust a key the admin meant to revoke).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFragment {
+    /// Key ids (16 hex digits) never trusted; lists of all drop-ins add up.
+    pub revoked: Option<toml::Value>,
+    /// Distinct trusted keys that must have signed a payload (1 to 16); the last file wins.
+    pub signatures_required: Option<toml::Value>,
+}
+
+impl Settings {
+    fn apply_keys(&mut self, f: &KeysFragment, file: &Path) {
+        let mut invalid = Vec::new();
+        if let Some(v) = &f.revoked {
+            match v.as_array() {
+                None => invalid.push(format!("keys.revoked = {v} is not a list of key ids")),
+                Some(ids) => {
+                    for id in ids {
+                        match id.as_str().and_then(crate::payload::KeyId::parse) {
+                            Some(id) if self.keys.revoked.contains(&id) => {}
+                            Some(id) => self.keys.revoked.push(id),
+                            None => invalid.push(format!(
+                                "keys.revoked entry {id} is not a key id (16 hex digits)"
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(v) = &f.signatures_required {
+            let max = crate::payload::MAX_SIGNATURES;
+            match v.as_integer().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if (1..=max).contains(&n) => self.keys.signatures_required = n,
+                _ => invalid.push(format!(
+                    "keys.signatures_required = {v} out of range 1-{max}"
+                )),
+            }
+        }
+        for problem in invalid {
+            let problem = format!("{}: {problem}", file.display());
+            self.warnings.push(format!(
+                "{problem} (installs trust no key until it is fixed)"
+            ));
+            self.keys.invalid.push(problem);
+        }
+    }
+}
+
+#[cfg(test)]
+mod keys_tests {
+    use super::Settings;
+    use crate::payload::KeyId;
+
+    fn load(files: &[(&str, &str)]) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        Settings::load(dir.path())
+    }
+
+    fn id(s: &str) -> KeyId {
+        KeyId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn revoked_lists_of_all_dropins_add_up() {
+        let s = load(&[
+            (
+                "usr/lib/updater/config.d/10-vendor.toml",
+                "[keys]\nrevoked = [\"21fe31dfa154a261\"]\n",
+            ),
+            (
+                "etc/updater/config.d/50-site.toml",
+                "[keys]\nrevoked = [\"00112233445566AA\", \"21fe31dfa154a261\"]\n",
+            ),
+        ]);
+        assert_eq!(
+            s.keys.revoked,
+            [id("21fe31dfa154a261"), id("00112233445566aa")]
+        );
+        assert!(s.warnings.is_empty() && s.keys.invalid.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn signatures_required_takes_the_last_file() {
+        let s = load(&[
+            (
+                "usr/lib/updater/config.d/10-vendor.toml",
+                "[keys]\nsignatures_required = 3\n",
+            ),
+            (
+                "etc/updater/config.d/50-site.toml",
+                "[keys]\nsignatures_required = 2\n",
+            ),
+        ]);
+        assert_eq!(s.keys.signatures_required, 2);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn bad_keys_values_are_warnings_and_make_the_keys_settings_invalid() {
+        let file = "etc/updater/config.d/50.toml";
+        for (text, problem) in [
+            (
+                "revoked = \"21fe31dfa154a261\"",
+                "keys.revoked = \"21fe31dfa154a261\" is not a list of key ids",
+            ),
+            (
+                "revoked = [\"21fe31dfa154a26\"]",
+                "keys.revoked entry \"21fe31dfa154a26\" is not a key id (16 hex digits)",
+            ),
+            (
+                "revoked = [7]",
+                "keys.revoked entry 7 is not a key id (16 hex digits)",
+            ),
+            (
+                "signatures_required = 0",
+                "keys.signatures_required = 0 out of range 1-16",
+            ),
+            (
+                "signatures_required = 17",
+                "keys.signatures_required = 17 out of range 1-16",
+            ),
+            (
+                "signatures_required = -1",
+                "keys.signatures_required = -1 out of range 1-16",
+            ),
+            (
+                "signatures_required = \"2\"",
+                "keys.signatures_required = \"2\" out of range 1-16",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join(file);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("[keys]\n{text}\n")).unwrap();
+            let s = Settings::load(dir.path());
+            let want = format!("{}: {problem}", p.display());
+            assert_eq!(s.keys.invalid, std::slice::from_ref(&want), "{text}");
+            assert_eq!(
+                s.warnings,
+                [format!("{want} (installs trust no key until it is fixed)")],
+                "{text}"
+            );
+            assert_eq!(
+                (s.keys.revoked.len(), s.keys.signatures_required),
+                (0, 1),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn sixteen_signatures_may_be_required() {
+        let s = load(&[(
+            "etc/updater/config.d/50.toml",
+            "[keys]\nsignatures_required = 16\n",
+        )]);
+        assert_eq!((s.keys.signatures_required, s.warnings.len()), (16, 0));
     }
 }

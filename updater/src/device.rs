@@ -145,14 +145,6 @@ pub struct BootedRelease {
 }
 
 impl DeviceSpec {
-    /// The key directories: `ROOT/usr/lib/updater/keys.d` then `ROOT/etc/updater/keys.d`.
-    pub fn key_dirs(&self) -> Vec<PathBuf> {
-        vec![
-            self.root.join("usr/lib/updater/keys.d"),
-            self.root.join("etc/updater/keys.d"),
-        ]
-    }
-
     /// The booted image's os-release: `ROOT/usr/lib/os-release`.
     pub fn os_release(&self) -> PathBuf {
         self.root.join("usr/lib/os-release")

@@ -235,10 +235,7 @@ pub fn render_status(s: &Status) -> String {
             let _ = writeln!(o, "agent target: {t}");
         }
         if let Some((start, end)) = a.next_window {
-            let _ = writeln!(
-                o,
-                "next maintenance window: {start}..{end} (Unix time)"
-            );
+            let _ = writeln!(o, "next maintenance window: {start}..{end} (Unix time)");
         }
     }
     for w in &s.config_warnings {

@@ -29,7 +29,7 @@ use crate::bootstate::{slot_name, BootState, BootStateRefusal};
 use crate::device::DeviceError;
 pub use crate::device::DeviceSpec;
 use crate::lock::{LockError, UpdaterLock};
-use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest, TrustedKeys};
+use crate::payload::{self, KeyId, PayloadError, ReadError, Sha256Digest};
 use crate::source::{is_payload_changed, ResumingReader, RetryPolicy, SharedSource, Source};
 use crate::state::{InstallProgress, PendingInstall, StateError, INSTALL_PROGRESS, PENDING};
 use crate::version::compare_versions;
@@ -102,12 +102,6 @@ pub enum InstallError {
     /// A key file is bad.
     #[error(transparent)]
     Keys(#[from] payload::KeyError),
-    /// No trusted key is installed.
-    #[error("no trusted keys: no *.pub file in {dirs}")]
-    NoTrustedKeys {
-        /// The directories searched.
-        dirs: String,
-    },
     /// The device's facts (booted release, PARTUUIDs, the /usr mount) forbid the install.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -452,17 +446,10 @@ fn plan_locked(
     opts: &InstallOptions,
     lock: Arc<UpdaterLock>,
 ) -> Result<InstallPlan, InstallError> {
-    let keys = TrustedKeys::load_dirs(&device.key_dirs())?;
-    if keys.is_empty() {
-        return Err(InstallError::NoTrustedKeys {
-            dirs: device
-                .key_dirs()
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    let keys = payload::load_trusted(
+        &device.root,
+        &crate::config::Settings::load(&device.root).keys,
+    )?;
     let release = device.booted_release()?;
     let disk_err = |source| InstallError::Disk {
         path: device.disk.clone(),

@@ -9,11 +9,17 @@
 //! This module owns the byte layout (documented in `docs/payload-format.md`), the parsers, the
 //! signature check and the per-chunk decoder. Every length taken from the input is checked
 //! against a named maximum ([`MAX_MANIFEST_LEN`], [`MAX_SIGNATURES`], [`MAX_CHUNK_SIZE`],
-//! [`MAX_CHUNK_COUNT`], [`MAX_WINDOW_LOG`]) before anything is allocated for it. Nothing in the
-//! manifest is believed before [`verify_signatures`] accepted it, and nothing in the chunk table
-//! before its SHA-256 matched the signed manifest ([`ChunkTable::parse`]).
+//! [`MAX_CHUNK_COUNT`], [`MAX_WINDOW_LOG`]) before anything is allocated for it.
 //!
-//! Main types: [`Header`], [`Manifest`], [`SignatureBlock`], [`ChunkTable`], [`TrustedKeys`],
+//! The read order is the defence against a man in the middle ([`read_prelude`]): before the
+//! signature check only the fixed header (its lengths bounded), the raw manifest bytes and the
+//! signature records are read; [`verify_signatures`] checks ed25519 over the raw manifest bytes;
+//! only then is the manifest parsed ([`Manifest::parse`]), so none of its checks is reachable
+//! by anyone without a trusted key. Nothing in the chunk table is believed before its SHA-256
+//! matched the signed manifest ([`ChunkTable::parse`]).
+//!
+//! Main types: [`Header`], [`Manifest`], [`SignatureBlock`], [`ChunkTable`], [`TrustedKeys`]
+//! (loaded by [`load_trusted`] from the key directories and the `[keys]` settings),
 //! [`ChunkDecoder`], and [`PayloadError`] for everything that can be wrong with a payload. The
 //! writer (packing and signing) lives in `writer`, compiled only with the `writer` feature, so
 //! the device binary carries no publisher code.
@@ -26,12 +32,14 @@
 //! ```
 
 mod decode;
-mod keys;
+pub mod keys;
+#[cfg(test)]
+mod tests;
 #[cfg(feature = "writer")]
 pub mod writer;
 
 pub use decode::{inspect_frame_header, ChunkDecoder, FrameInfo};
-pub use keys::{KeyError, KeyId, TrustedKeys};
+pub use keys::{load_trusted, KeyError, KeyId, KeySettings, TrustedKeys};
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -48,6 +56,8 @@ pub const HEADER_LEN: usize = 64;
 pub const MANIFEST_FIXED_LEN: usize = 108;
 /// Longest `compatible` or `version` string, in bytes.
 pub const MAX_STRING_LEN: usize = 128;
+/// Smallest manifest accepted, in bytes (the fixed part and two one-byte strings).
+pub const MIN_MANIFEST_LEN: usize = MANIFEST_FIXED_LEN + 2;
 /// Largest manifest accepted, in bytes (the fixed part and two strings at their maximum).
 pub const MAX_MANIFEST_LEN: usize = MANIFEST_FIXED_LEN + 2 * MAX_STRING_LEN;
 /// Most signatures a payload may carry.
@@ -206,6 +216,24 @@ pub enum PayloadError {
         key_ids: String,
         /// Key ids of the trusted keys, comma separated (or "none").
         trusted: String,
+    },
+    /// No signature is by a trusted key, and some are by revoked keys.
+    #[error("payload is signed only by revoked or unknown keys ({key_ids}); revoked by keys.revoked: {revoked}")]
+    RevokedKey {
+        /// Key ids of the signatures, comma separated.
+        key_ids: String,
+        /// The revoked ones among them, comma separated.
+        revoked: String,
+    },
+    /// Fewer distinct trusted keys signed than [`TrustedKeys::signatures_required`].
+    #[error("payload is signed by {found} trusted key(s) ({signers}), keys.signatures_required is {required}")]
+    TooFewSignatures {
+        /// Distinct trusted keys whose signature verified.
+        found: usize,
+        /// Their ids, comma separated.
+        signers: String,
+        /// Signatures required.
+        required: usize,
     },
     /// A signature by a trusted key does not verify.
     #[error("bad signature by trusted key {key_id}: manifest or signature altered")]
@@ -366,11 +394,11 @@ impl Header {
                 max: MAX_MANIFEST_LEN as u64,
             });
         }
-        if (manifest_len as usize) < MANIFEST_FIXED_LEN + 4 {
+        if (manifest_len as usize) < MIN_MANIFEST_LEN {
             return Err(PayloadError::TooSmall {
                 what: "manifest length",
                 found: manifest_len.into(),
-                min: (MANIFEST_FIXED_LEN + 4) as u64,
+                min: MIN_MANIFEST_LEN as u64,
             });
         }
         let signatures_len = u32_at(b, 20);
@@ -450,12 +478,11 @@ impl Manifest {
                 max: MAX_MANIFEST_LEN as u64,
             });
         }
-        let min = MANIFEST_FIXED_LEN + 4;
-        if b.len() < min {
+        if b.len() < MIN_MANIFEST_LEN {
             return Err(PayloadError::TooSmall {
                 what: "manifest length",
                 found: b.len() as u64,
-                min: min as u64,
+                min: MIN_MANIFEST_LEN as u64,
             });
         }
         let version = u32_at(b, 0);
@@ -576,7 +603,7 @@ impl Manifest {
     /// Encodes the manifest; these are the bytes that get signed.
     pub fn encode(&self) -> Vec<u8> {
         let mut b =
-            Vec::with_capacity(MANIFEST_FIXED_LEN + self.compatible.len() + 2 + self.version.len());
+            Vec::with_capacity(MANIFEST_FIXED_LEN + self.compatible.len() + self.version.len());
         b.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
         b.extend_from_slice(&self.created.to_le_bytes());
@@ -673,32 +700,54 @@ impl SignatureBlock {
     }
 }
 
-/// Checks that at least one signature over `manifest` is by a trusted key, and that every
-/// signature by a trusted key verifies. Returns the id of the first key that verified.
+/// Checks the signatures over the exact `manifest` bytes against `keys`, before anything in
+/// those bytes is parsed. Every signature by a trusted key must verify (strictly, RFC 8032);
+/// signatures by unknown or revoked keys are skipped; at least
+/// [`TrustedKeys::signatures_required`] distinct trusted keys (and always at least one) must
+/// have signed. Returns the distinct signers' ids in payload order.
 pub fn verify_signatures(
     manifest: &[u8],
     block: &SignatureBlock,
     keys: &TrustedKeys,
-) -> Result<KeyId, PayloadError> {
-    let mut accepted = None;
+) -> Result<Vec<KeyId>, PayloadError> {
+    let mut signers = Vec::new();
+    let mut revoked = Vec::new();
     for sig in &block.signatures {
+        if keys.is_revoked(&sig.key_id) {
+            revoked.push(sig.key_id);
+            continue;
+        }
         let Some(key) = keys.get(&sig.key_id) else {
             continue;
         };
         let signature = ed25519_dalek::Signature::from_bytes(&sig.signature);
         key.verify_strict(manifest, &signature)
             .map_err(|_| PayloadError::BadSignature { key_id: sig.key_id })?;
-        accepted.get_or_insert(sig.key_id);
+        if !signers.contains(&sig.key_id) {
+            signers.push(sig.key_id);
+        }
     }
-    accepted.ok_or_else(|| PayloadError::UnknownKey {
-        key_ids: block
-            .signatures
-            .iter()
-            .map(|s| s.key_id.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-        trusted: keys.describe(),
-    })
+    let all = || keys::ids_list(block.signatures.iter().map(|s| &s.key_id));
+    if signers.is_empty() && !revoked.is_empty() {
+        return Err(PayloadError::RevokedKey {
+            key_ids: all(),
+            revoked: keys::ids_list(&revoked),
+        });
+    }
+    if signers.is_empty() {
+        return Err(PayloadError::UnknownKey {
+            key_ids: all(),
+            trusted: keys.describe(),
+        });
+    }
+    if signers.len() < keys.signatures_required() {
+        return Err(PayloadError::TooFewSignatures {
+            found: signers.len(),
+            signers: keys::ids_list(&signers),
+            required: keys.signatures_required(),
+        });
+    }
+    Ok(signers)
 }
 
 /// One chunk: where it sits in the image and in the payload, and the hash of its bytes.
@@ -838,8 +887,10 @@ pub struct VerifiedPrelude {
     pub manifest: Manifest,
     /// The exact manifest bytes (their SHA-256 identifies the payload).
     pub manifest_bytes: Vec<u8>,
-    /// The key that verified the manifest.
+    /// The first trusted key whose signature verified.
     pub signed_by: KeyId,
+    /// Every distinct trusted key whose signature verified, in payload order.
+    pub signers: Vec<KeyId>,
     /// The chunk table, checked against the manifest.
     pub chunks: ChunkTable,
 }
@@ -907,11 +958,21 @@ pub enum ReadError {
     Io(#[source] std::io::Error),
 }
 
-/// Reads and parses (without trusting) the header, the manifest with its exact bytes, and the
-/// signature block from the start of a stream; every length is bounded by [`Header::parse`].
-fn read_signed_part(
-    r: &mut dyn std::io::Read,
-) -> Result<(Header, Vec<u8>, Manifest, SignatureBlock), ReadError> {
+/// The part of a payload a signature covers, as read: nothing in it parsed beyond what reading
+/// needs, nothing of it trusted.
+struct SignedPart {
+    /// The header; its lengths are within [`MAX_MANIFEST_LEN`] and [`MAX_SIGNATURE_BLOCK_LEN`].
+    header: Header,
+    /// The raw manifest bytes, not parsed.
+    manifest_bytes: Vec<u8>,
+    /// The signature records.
+    signatures: SignatureBlock,
+}
+
+/// Reads the header, the raw manifest bytes and the signature block from the start of a
+/// stream. Allocations are bounded by [`Header::parse`] before they are made; the manifest is
+/// not parsed here (it is not trusted yet).
+fn read_signed_part(r: &mut dyn std::io::Read) -> Result<SignedPart, ReadError> {
     let header = read_header(r)?;
     let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
     read_region(r, &mut manifest_bytes, "manifest", header.manifest_offset())?;
@@ -922,9 +983,12 @@ fn read_signed_part(
         "signature block",
         header.signatures_offset(),
     )?;
-    let manifest = Manifest::parse(&manifest_bytes)?;
-    let block = SignatureBlock::parse(&sig_bytes)?;
-    Ok((header, manifest_bytes, manifest, block))
+    let signatures = SignatureBlock::parse(&sig_bytes)?;
+    Ok(SignedPart {
+        header,
+        manifest_bytes,
+        signatures,
+    })
 }
 
 /// Reads the chunk table that follows the signature block and checks it against `manifest`.
@@ -939,21 +1003,25 @@ fn read_chunk_table(
     Ok(ChunkTable::parse(&table, manifest, header)?)
 }
 
-/// Reads the prelude from the start of a payload stream, checking in order: header bounds,
-/// manifest bounds, signatures against `keys`, then the chunk table against the manifest.
+/// Reads the prelude from the start of a payload stream, in the order
+/// `docs/payload-format.md` prescribes: the header and its bounded lengths, the raw manifest
+/// bytes and the signature block; then the signatures over the raw manifest bytes against
+/// `keys`; only then the manifest is parsed, and the chunk table read and checked against it.
 /// The stream is left at the first frame.
 pub fn read_prelude(
     r: &mut dyn std::io::Read,
     keys: &TrustedKeys,
 ) -> Result<VerifiedPrelude, ReadError> {
-    let (header, manifest_bytes, manifest, block) = read_signed_part(r)?;
-    let signed_by = verify_signatures(&manifest_bytes, &block, keys)?;
-    let chunks = read_chunk_table(r, &manifest, &header)?;
+    let part = read_signed_part(r)?;
+    let signers = verify_signatures(&part.manifest_bytes, &part.signatures, keys)?;
+    let manifest = Manifest::parse(&part.manifest_bytes)?;
+    let chunks = read_chunk_table(r, &manifest, &part.header)?;
     Ok(VerifiedPrelude {
-        header,
+        header: part.header,
         manifest,
-        manifest_bytes,
-        signed_by,
+        manifest_bytes: part.manifest_bytes,
+        signed_by: signers[0],
+        signers,
         chunks,
     })
 }
@@ -1025,14 +1093,16 @@ pub struct Inspection {
     pub chunks: ChunkTable,
 }
 
-/// Parses the prelude without checking signatures, for display.
+/// Parses the prelude without checking signatures, for display only: nothing may be decided on
+/// what it returns (installing goes through [`read_prelude`]).
 pub fn inspect(r: &mut dyn std::io::Read) -> Result<Inspection, ReadError> {
-    let (header, _, manifest, signatures) = read_signed_part(r)?;
-    let chunks = read_chunk_table(r, &manifest, &header)?;
+    let part = read_signed_part(r)?;
+    let manifest = Manifest::parse(&part.manifest_bytes)?;
+    let chunks = read_chunk_table(r, &manifest, &part.header)?;
     Ok(Inspection {
-        header,
+        header: part.header,
         manifest,
-        signatures,
+        signatures: part.signatures,
         chunks,
     })
 }

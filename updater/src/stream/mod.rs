@@ -496,13 +496,15 @@ pub fn verify_signature(
         PayloadError::NoSignatures => StreamError::Unsigned,
         e => StreamError::BadSignatureFile(e),
     })?;
-    payload::verify_signatures(stream, &block, keys).map_err(|e| match e {
+    // The payload's rules hold for the stream too: revoked keys and `signatures_required`.
+    let signers = payload::verify_signatures(stream, &block, keys).map_err(|e| match e {
         PayloadError::UnknownKey { key_ids, trusted } => {
             StreamError::UnknownKey { key_ids, trusted }
         }
         PayloadError::BadSignature { key_id } => StreamError::BadSignature { key_id },
         e => StreamError::BadSignatureFile(e),
-    })
+    })?;
+    Ok(*signers.first().expect("a verified block has a signer"))
 }
 
 /// Verifies a fetched stream: sizes, signature, shape, channel, serial and expiry, in that
