@@ -187,7 +187,8 @@ impl Cycle {
 
     fn pending(&self) -> anyhow::Result<Option<PendingInstall>> {
         self.state
-            .load(PENDING)
+            .read(PENDING)
+            .map(crate::state::Loaded::into_option)
             .context("reading the pending install")
     }
 

@@ -488,7 +488,7 @@ pub fn install(
     }
     if !opts.allow_failed {
         let failed = crate::history::History::new(StateDir::under_root(&device.root)).failed()?;
-        if let Some(f) = failed.find(&m.version) {
+        if let Some(f) = failed.refusal(&m.version) {
             return Err(InstallError::PreviouslyFailed {
                 version: m.version.clone(),
                 reason: f.reason.clone(),
@@ -516,7 +516,9 @@ pub fn install(
     let state = StateDir::under_root(&device.root);
     let payload_id = prelude.payload_id().to_string();
     let partuuid = target.partuuid.to_string();
-    let start = match state.load::<InstallProgress>(crate::state::INSTALL_PROGRESS)? {
+    // A damaged checkpoint is kept aside and means starting over.
+    let progress_file = state.read::<InstallProgress>(crate::state::INSTALL_PROGRESS)?;
+    let start = match progress_file.into_option() {
         Some(p)
             if p.payload_id == payload_id
                 && p.slot_partuuid == partuuid
