@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use updater::history::{
     head_within, salvage_failed, tail_within, FailedVersions, HealthReport, SlotVersions,
-    MAX_SALVAGED, MAX_STORED_NAME,
+    MAX_SALVAGED, MAX_STORED_VERSION,
 };
 use updater::state::{InstallProgress, PendingInstall};
 
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(s.versions.len() <= MAX_SALVAGED);
         assert!(!(s.certain && !whole), "a cut file is never certain");
         for v in &s.versions {
-            assert!(!v.is_empty() && escaped_len(v) <= MAX_STORED_NAME);
+            assert!(!v.is_empty() && escaped_len(v) <= MAX_STORED_VERSION);
         }
     }
 

@@ -9,7 +9,8 @@
 //! slots' updaters can read what either wrote.
 //!
 //! Every file written here stays readable: text is trimmed to a bound measured after JSON
-//! escaping ([`MAX_STORED_OUTPUT`], [`MAX_STORED_TEXT`], [`MAX_STORED_NAME`]) and each file is
+//! escaping ([`MAX_STORED_OUTPUT`], [`MAX_STORED_TEXT`], [`MAX_STORED_NAME`],
+//! [`MAX_STORED_VERSION`]) and each file is
 //! fitted into a byte budget, half the read limit ([`FAILED_BUDGET`], [`HEALTH_BUDGET`]), so
 //! recording a failure cannot fail for its size. A damaged `failed.json` fails closed: the
 //! versions found in it are salvaged ([`salvage_failed`]), and when the salvage may have missed
@@ -46,9 +47,12 @@ pub const HEALTH_BUDGET: usize = 32 << 10;
 pub const MAX_STORED_OUTPUT: usize = 2048;
 /// Most bytes, once JSON-escaped, of a stored reason, summary or outcome (its start is kept).
 pub const MAX_STORED_TEXT: usize = 512;
-/// Most bytes, once JSON-escaped, of a stored version, slot, check name or PARTUUID (its start
-/// is kept; a longer version is remembered by its start, which refuses more, never less).
+/// Most bytes, once JSON-escaped, of a stored slot, check name or PARTUUID (its start is kept).
 pub const MAX_STORED_NAME: usize = 256;
+/// Most bytes, once JSON-escaped, of a stored version: every version a payload can carry
+/// ([`crate::payload::MAX_STRING_LEN`] bytes, 6 each at worst once escaped) is stored whole, so
+/// a cut one was never installable.
+pub const MAX_STORED_VERSION: usize = 6 * crate::payload::MAX_STRING_LEN;
 /// Most slots remembered in `versions.json`.
 pub const MAX_SLOT_VERSIONS: usize = 16;
 /// Most versions [`salvage_failed`] takes from a damaged file.
@@ -73,11 +77,11 @@ pub struct FailedVersion {
 }
 
 impl FailedVersion {
-    /// Trims every field to its bound ([`MAX_STORED_NAME`], [`MAX_STORED_TEXT`],
-    /// [`MAX_STORED_OUTPUT`]).
+    /// Trims every field to its bound ([`MAX_STORED_VERSION`], [`MAX_STORED_NAME`],
+    /// [`MAX_STORED_TEXT`], [`MAX_STORED_OUTPUT`]).
     fn bounded(self) -> FailedVersion {
         FailedVersion {
-            version: head_within(&self.version, MAX_STORED_NAME),
+            version: head_within(&self.version, MAX_STORED_VERSION),
             slot: head_within(&self.slot, MAX_STORED_NAME),
             reason: head_within(&self.reason, MAX_STORED_TEXT),
             check: self.check.map(|c| head_within(&c, MAX_STORED_NAME)),
@@ -210,7 +214,7 @@ pub fn salvage_failed(bytes: &[u8], whole: bool) -> Salvage {
                         match text {
                             Some(t) if !t.is_empty() && matches!(next, Some(b',' | b'}')) => {
                                 if s.versions.len() < MAX_SALVAGED {
-                                    s.versions.push(head_within(&t, MAX_STORED_NAME));
+                                    s.versions.push(head_within(&t, MAX_STORED_VERSION));
                                 } else {
                                     overflow = true;
                                 }
@@ -297,7 +301,7 @@ impl HealthReport {
     fn fit(&mut self) {
         self.format_version = STATE_FORMAT_VERSION;
         self.slot = head_within(&self.slot, MAX_STORED_NAME);
-        self.version = head_within(&self.version, MAX_STORED_NAME);
+        self.version = head_within(&self.version, MAX_STORED_VERSION);
         self.summary = head_within(&self.summary, MAX_STORED_TEXT);
         for c in &mut self.checks {
             c.name = head_within(&c.name, MAX_STORED_NAME);
@@ -535,7 +539,7 @@ impl History {
     pub fn record_version(&self, partuuid: &str, version: &str) -> Result<(), StateError> {
         let (partuuid, version) = (
             head_within(partuuid, MAX_STORED_NAME),
-            head_within(version, MAX_STORED_NAME),
+            head_within(version, MAX_STORED_VERSION),
         );
         let mut v = self.versions()?;
         if v.slots.get(&partuuid) == Some(&version) {
@@ -666,8 +670,8 @@ mod tests {
             name: format!("{i:02}-check"),
             outcome: if passed { "passed" } else { "failed (exit 1)" }.into(),
             passed,
-            millis: 3,
             output: "\u{1}".repeat(4096),
+            ..Default::default()
         };
         let checks = (0..20).map(|i| check(i, i % 2 == 0)).collect();
         h.set_health(&HealthReport {
@@ -741,6 +745,17 @@ mod tests {
             assert_eq!(f.find(version).is_some(), refused, "{version}");
             assert_eq!(f.refusal(version).is_some(), refused, "{version}");
         }
+    }
+
+    #[test]
+    fn every_version_a_payload_can_carry_is_stored_whole() {
+        let (_dir, h) = history();
+        // 128 bytes, 6 each once escaped, but the last one is what the version compares by.
+        let version = format!("{}7", "\u{1}".repeat(crate::payload::MAX_STRING_LEN - 1));
+        h.record_failed(failed(&version)).unwrap();
+        let f = h.failed().unwrap();
+        assert_eq!(f.versions[0].version, version);
+        assert!(f.refusal("7").is_some());
     }
 
     #[test]
@@ -919,7 +934,7 @@ mod tests {
             .slots
             .contains_key(&format!("p{:02}", MAX_SLOT_VERSIONS + 3)));
         h.record_version("p99", &"9".repeat(70_000)).unwrap();
-        assert!(h.versions().unwrap().slots["p99"].len() <= MAX_STORED_NAME);
+        assert!(h.versions().unwrap().slots["p99"].len() <= MAX_STORED_VERSION);
     }
 
     #[test]

@@ -382,6 +382,32 @@ impl StateDir {
         self.path(&format!(".{name}.tmp-{}-{n}", std::process::id()))
     }
 
+    /// Creates a temporary file for `name` that no other writer uses: a fresh name, created
+    /// only if it does not exist (a writer in another PID namespace may share the PID).
+    fn create_temp(&self, name: &str) -> Result<(PathBuf, std::fs::File), StateError> {
+        let mut tries = 0;
+        loop {
+            let tmp = self.temp_path(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+            {
+                Ok(f) => return Ok((tmp, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
+                    tries += 1;
+                }
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "creating",
+                        path: tmp,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
     /// Removes temporary files older than [`STALE_TEMP_SECS`], once per [`StateDir`]: what a
     /// writer killed between creating and renaming its file left. Failures are ignored (the
     /// next process tries again).
@@ -439,17 +465,13 @@ impl StateDir {
         };
         std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
         self.sweep_stale_temps();
-        let tmp = self.temp_path(name);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))
-            .and_then(|mut f| {
-                f.write_all(&text).map_err(io("writing", &tmp))?;
-                f.sync_all().map_err(io("syncing", &tmp))
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io("renaming", &path)));
+        let (tmp, mut file) = self.create_temp(name)?;
+        let mut publish = || {
+            file.write_all(&text).map_err(io("writing", &tmp))?;
+            file.sync_all().map_err(io("syncing", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("renaming", &path))
+        };
+        let written = publish();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
