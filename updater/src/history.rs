@@ -759,6 +759,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_recorded_without_a_time_is_stamped_now() {
+        let (_dir, h) = history();
+        h.record_failed(FailedVersion {
+            at: 0,
+            ..failed("3")
+        })
+        .unwrap();
+        h.record_failed(failed("4")).unwrap();
+        let f = h.failed().unwrap();
+        assert!(f.find("3").unwrap().at >= 1_700_000_000);
+        assert_eq!(f.find("4").unwrap().at, 1);
+    }
+
+    #[test]
     fn recording_an_equal_version_replaces_its_record() {
         let (_dir, h) = history();
         h.record_failed(failed("2.0")).unwrap();
@@ -801,6 +815,11 @@ mod tests {
         );
         let kept = h.damaged().unwrap();
         assert_eq!(kept.len(), 1);
+        let salvaged = f.find("4").unwrap();
+        let named = format!("kept as {}", kept[0].kept_as.display());
+        assert!(salvaged.reason.contains(&named), "{}", salvaged.reason);
+        assert!(all.reason.contains(&named), "{}", all.reason);
+        assert!(salvaged.at > 1 && all.at > 1, "stamped when salvaged");
         assert_eq!(
             std::fs::read(&kept[0].kept_as).unwrap(),
             text[..text.len() - 20]
