@@ -210,9 +210,9 @@ impl Agent {
     /// The remembered state (default when none).
     pub fn state(&self) -> AgentState {
         self.state
-            .load::<AgentState>(AGENT_STATE)
+            .read::<AgentState>(AGENT_STATE)
             .ok()
-            .flatten()
+            .and_then(crate::state::Loaded::into_option)
             .unwrap_or_default()
     }
 
@@ -280,7 +280,7 @@ impl Agent {
         let decision = stream::choose_target(
             &verified.stream,
             &booted,
-            |v| failed.find(v).is_some(),
+            |v| failed.refusal(v).is_some(),
             position,
             now,
         );

@@ -127,6 +127,9 @@ pub struct Status {
     pub health_checks: String,
     /// No health check is installed: a trial boot is committed for reaching init.
     pub no_health_checks: bool,
+    /// State files found damaged and kept aside (say so loudly: decisions were made without
+    /// them).
+    pub damaged_state: Vec<crate::state::DamagedFile>,
     /// The update agent's view (`agent.json`), when it has run.
     pub agent: Option<crate::agent::AgentState>,
     /// Configuration warnings.
@@ -210,7 +213,8 @@ impl Cycle {
 
     fn pending(&self) -> anyhow::Result<Option<PendingInstall>> {
         self.state
-            .load(PENDING)
+            .read(PENDING)
+            .map(crate::state::Loaded::into_option)
             .context("reading the pending install")
     }
 
@@ -542,11 +546,12 @@ impl Cycle {
             last_health,
             health_checks,
             no_health_checks,
+            damaged_state: self.history.damaged().unwrap_or_default(),
             agent: self
                 .state
-                .load::<crate::agent::AgentState>(crate::agent::AGENT_STATE)
+                .read::<crate::agent::AgentState>(crate::agent::AGENT_STATE)
                 .ok()
-                .flatten(),
+                .and_then(crate::state::Loaded::into_option),
             config_warnings: self.settings.warnings.clone(),
         })
     }

@@ -3,7 +3,9 @@
 //! Strings are compared segment by segment: `~` sorts before everything, even the end of the
 //! string (`1~rc1 < 1`); then the end of the string; then `-`, `^` and `.` in that order; digit
 //! runs compare numerically (leading zeros ignored) and sort after letters; letter runs compare
-//! bytewise. Characters outside `[A-Za-z0-9~^.-]` are ignored.
+//! bytewise. Characters outside `[A-Za-z0-9~^.-]` are skipped where a segment starts (not right
+//! after `~` or a separator, as systemd does: `1-_1 < 1-1`). Equal versions are one version to
+//! [`crate::history::FailedVersions`]: `2.0` and `2.00` fail together.
 //!
 //! ```
 //! use std::cmp::Ordering;
@@ -22,79 +24,73 @@ fn is_valid(c: u8) -> bool {
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
+        // Characters outside the set are skipped where a segment starts, and only there.
         while a.first().is_some_and(|&c| !is_valid(c)) {
             a = &a[1..];
         }
         while b.first().is_some_and(|&c| !is_valid(c)) {
             b = &b[1..];
         }
-        let (ca, cb) = (a.first().copied(), b.first().copied());
-        // A separator that only one side has at this position decides: that side is older.
-        for sep in [b'~'] {
-            if ca == Some(sep) || cb == Some(sep) {
-                match ((ca != Some(sep)), (cb != Some(sep))) {
-                    (false, true) => return Ordering::Less,
-                    (true, false) => return Ordering::Greater,
-                    _ => {}
-                }
-            }
+        // `~` (a pre-release) is older than anything, even the end of the string.
+        if let Some(o) = separator(&mut a, &mut b, b'~') {
+            return o;
         }
-        if ca == Some(b'~') {
-            a = &a[1..];
-            b = &b[1..];
-            continue;
-        }
-        match (ca, cb) {
+        // Otherwise the string that ended is older.
+        match (a.first(), b.first()) {
             (None, None) => return Ordering::Equal,
             (None, Some(_)) => return Ordering::Less,
             (Some(_), None) => return Ordering::Greater,
-            _ => {}
+            (Some(_), Some(_)) => {}
         }
-        let (ca, cb) = (ca.expect("checked"), cb.expect("checked"));
-        let mut separator = false;
+        // Then `-` (a release), `^` (a patch) and `.` (a point release), in that order: the
+        // string that has the separator where the other has something else is older.
         for sep in [b'-', b'^', b'.'] {
-            if ca == sep || cb == sep {
-                match (ca != sep, cb != sep) {
-                    (false, true) => return Ordering::Less,
-                    (true, false) => return Ordering::Greater,
-                    _ => {}
-                }
-                separator = true;
-                break;
+            if let Some(o) = separator(&mut a, &mut b, sep) {
+                return o;
             }
         }
-        if separator {
-            a = &a[1..];
-            b = &b[1..];
-            continue;
-        }
-        if ca.is_ascii_digit() || cb.is_ascii_digit() {
+        let (na, nb) = if a.first().is_some_and(u8::is_ascii_digit)
+            || b.first().is_some_and(u8::is_ascii_digit)
+        {
+            // Digit runs compare as numbers; a number is newer than no number.
             let na = a.iter().take_while(|c| c.is_ascii_digit()).count();
             let nb = b.iter().take_while(|c| c.is_ascii_digit()).count();
-            // A number is newer than letters.
-            match (na > 0).cmp(&(nb > 0)) {
-                Ordering::Equal => {}
-                o => return o,
+            let (da, db) = (trim_zeros(&a[..na]), trim_zeros(&b[..nb]));
+            let o = (na > 0)
+                .cmp(&(nb > 0))
+                .then(da.len().cmp(&db.len()))
+                .then_with(|| da.cmp(db));
+            if o.is_ne() {
+                return o;
             }
-            let da = trim_zeros(&a[..na]);
-            let db = trim_zeros(&b[..nb]);
-            match da.len().cmp(&db.len()).then_with(|| da.cmp(db)) {
-                Ordering::Equal => {}
-                o => return o,
-            }
-            a = &a[na..];
-            b = &b[nb..];
+            (na, nb)
         } else {
+            // Letter runs compare bytewise; the longer is newer when one starts the other.
             let na = a.iter().take_while(|c| c.is_ascii_alphabetic()).count();
             let nb = b.iter().take_while(|c| c.is_ascii_alphabetic()).count();
             let n = na.min(nb);
-            match a[..n].cmp(&b[..n]).then(na.cmp(&nb)) {
-                Ordering::Equal => {}
-                o => return o,
+            let o = a[..n].cmp(&b[..n]).then(na.cmp(&nb));
+            if o.is_ne() {
+                return o;
             }
-            a = &a[na..];
-            b = &b[nb..];
+            (na, nb)
+        };
+        a = &a[na..];
+        b = &b[nb..];
+    }
+}
+
+/// When `sep` starts either string: the one without it is newer, or both drop it.
+fn separator(a: &mut &[u8], b: &mut &[u8], sep: u8) -> Option<Ordering> {
+    let (ha, hb) = (a.first() == Some(&sep), b.first() == Some(&sep));
+    match (ha, hb) {
+        (false, false) => None,
+        (true, true) => {
+            *a = &a[1..];
+            *b = &b[1..];
+            None
         }
+        _ => Some(hb.cmp(&ha)),
     }
 }
 
@@ -145,6 +141,27 @@ mod tests {
             ("123.a-1", "123.1-1", Less),
             ("123.1-1", "123a-1", Less),
             ("123a-1", "124-1", Less),
+            // Checked against `systemd-analyze compare-versions`: characters outside the set
+            // are skipped where a segment starts, not right after `~` or a separator.
+            ("1-_1", "1-1", Less),
+            ("1~_a", "1~a", Less),
+            ("a", "0", Less),
+            ("1._1", "1.1", Less),
+            ("1^_1", "1^1", Less),
+            ("1~~a", "1~a", Less),
+            ("1--1", "1-1", Less),
+            ("1.-1", "1.1", Less),
+            ("1_", "1", Equal),
+            ("_1", "1", Equal),
+            ("1.0+git", "1.0", Greater),
+            ("1a_b", "1ab", Less),
+            ("1a_1", "1a1", Equal),
+            ("1-^1", "1-1", Less),
+            ("00", "0", Equal),
+            ("1.01", "1.1", Equal),
+            ("2.0", "2.00", Equal),
+            ("2.0\u{2026}", "2.0", Equal),
+            ("B", "a", Less),
         ];
         for (a, b, want) in rows {
             assert_eq!(compare_versions(a, b), want, "{a} vs {b}");

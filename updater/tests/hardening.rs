@@ -576,3 +576,24 @@ fn the_booted_disk_is_found_by_partuuid_and_a_cloned_disk_makes_it_ambiguous() {
         "{e}"
     );
 }
+
+// Defect 4 through the binary: a damaged failed list fails closed and status says so loudly.
+
+#[test]
+fn a_damaged_failed_list_blocks_installs_and_status_says_so() {
+    let dev = Device::new();
+    dev.write_root_file(
+        "var/lib/updater/failed.json",
+        "{\"format_version\": 1, \"versions\": [{\"version\": \"2.0\", \"rea",
+    );
+    let out = on(&dev, "A", "1.0", &["install", &payload(&dev, "3.0")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("failed before"), "{}", stderr(&out));
+    assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
+    let status = ok(on(&dev, "A", "1.0", &["status"]));
+    assert!(status.contains("UPDATES BLOCKED"), "{status}");
+    assert!(
+        status.contains("DAMAGED STATE FILE: failed.json"),
+        "{status}"
+    );
+}

@@ -192,6 +192,23 @@ pub fn render_status(s: &Status) -> String {
             h.slot, h.version, h.summary
         );
     }
+    if let Some(r) = &s.failed.refuse_all {
+        let _ = writeln!(
+            o,
+            "UPDATES BLOCKED: the failed-version list was damaged and may have lost entries: {} (see docs/usage/state.md)",
+            r.reason
+        );
+    }
+    for d in &s.damaged_state {
+        let _ = writeln!(
+            o,
+            "DAMAGED STATE FILE: {} ({} bytes) was unreadable; kept as {} at {} (Unix time)",
+            d.name,
+            d.len,
+            d.kept_as.display(),
+            d.at
+        );
+    }
     for f in &s.failed.versions {
         let _ = writeln!(
             o,

@@ -462,7 +462,7 @@ fn plan_locked(
     check_target_geometry(&booted, &target)?;
     device.refuse_mounted_usr(&target)?;
     let state = device.state();
-    let boot_state = BootState::classify(&booted, &target, state.load(PENDING)?);
+    let boot_state = BootState::classify(&booted, &target, state.read(PENDING)?.into_option());
     if let Some(refusal) = boot_state.install_refusal() {
         if !opts.force {
             return Err(refusal.into());
@@ -495,7 +495,7 @@ fn plan_locked(
     }
     if !opts.allow_failed {
         let failed = crate::history::History::new(state.clone()).failed()?;
-        if let Some(f) = failed.find(&m.version) {
+        if let Some(f) = failed.refusal(&m.version) {
             return Err(InstallError::PreviouslyFailed {
                 version: m.version.clone(),
                 reason: f.reason.clone(),
@@ -520,7 +520,11 @@ fn plan_locked(
 
     // Resume only the same payload into the same slot, still unbootable since the checkpoint.
     let payload_id = prelude.payload_id().to_string();
-    let start = match state.load::<InstallProgress>(INSTALL_PROGRESS)? {
+    // A damaged checkpoint is kept aside and means starting over.
+    let start = match state
+        .read::<InstallProgress>(INSTALL_PROGRESS)?
+        .into_option()
+    {
         Some(p)
             if p.payload_id == payload_id
                 && p.slot_partuuid == target.partuuid.to_string()
