@@ -223,10 +223,15 @@ fn trial_on_a_damaged_gpt_spends_its_try(
         "A stays the fallback"
     );
     let state = disk::open(d.path(), false)?;
+    let s = state.state();
     assert!(
-        !state.state().needs_repair(),
-        "both GPT copies valid and equal, the backup at the end: {:?}",
-        state.state()
+        !s.needs_repair(),
+        "both GPT copies valid and equal, the backup at the end: primary {:?}, backup {:?}, \
+         copies match {}, backup at the end {}",
+        s.primary,
+        s.backup,
+        s.copies_match,
+        s.backup_at_end()
     );
     disk::sgdisk_verify(d.path())?;
     Ok(())

@@ -774,7 +774,14 @@ fn zero_backup_header(d: &Path, sector_size: u32) {
 
 /// Both copies valid and equal, the backup at the end, and B's try spent.
 fn assert_repaired_and_spent(t: &gpt::DiskGpt) {
-    assert!(!t.needs_repair(), "{t:?}");
+    assert!(
+        !t.needs_repair(),
+        "primary {:?}, backup {:?}, copies match {}, backup at the end {}",
+        t.primary,
+        t.backup,
+        t.copies_match,
+        t.backup_at_end()
+    );
     let b = SlotAttrs::decode(t.gpt.entry(4).attributes);
     assert_eq!(
         (b.priority, b.tries, b.successful),
