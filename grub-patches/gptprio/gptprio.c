@@ -29,10 +29,14 @@
  * The table is read from the primary copy when it validates, otherwise from
  * the backup.  If the winner has tries > 0 the tries are decremented and the
  * table is written back, backup (entries, header) first, then primary
- * (entries, header), each with fresh CRCs -- but only when both copies
- * validate and have the same entry array geometry.  A boot that decrements
- * nothing writes nothing.  With no candidate the command fails and leaves
- * DEVVAR and UUIDVAR untouched.
+ * (entries, header), each with fresh CRCs.  When only one copy validates,
+ * the other is first rebuilt from it for its own place on the disk (a try
+ * must be spent even on a damaged table, or a trial slot that dies before
+ * userspace repairs the table would boot again forever); nothing is written
+ * if the rebuilt copy would not pass the checks above, or if two valid copies
+ * disagree on the entry array geometry.  A boot that decrements nothing
+ * writes nothing, damaged copy or not.  With no candidate the command fails
+ * and leaves DEVVAR and UUIDVAR untouched.
  *
  * DEVVAR receives the GRUB device of the winner (e.g. "hd0,gpt4"), UUIDVAR
  * its unique partition GUID in lower-case text form.
@@ -192,19 +196,81 @@ copy_free (struct gpt_copy *c)
 }
 
 /*
+ * Checks the header in C->header as the copy at C->lba, whose alternate must
+ * be EXPECT_ALT on a disk of TOTAL logical sectors, and takes the entry array
+ * geometry from it: signature, header size and CRC, own and alternate LBA,
+ * usable range, entry size and count, and an entry array that lies between
+ * the header and the usable range.  The entry array itself is not looked at.
+ * Returns 1 when every check passes.
+ */
+static int
+header_check (struct gpt_copy *c, grub_size_t secsize,
+	      grub_uint64_t expect_alt, grub_uint64_t total, int is_primary)
+{
+  grub_uint32_t header_size;
+  grub_uint64_t first_usable, last_usable, entries_sectors, entries_end;
+
+  if (grub_memcmp (c->header + HDR_SIGNATURE, "EFI PART", 8) != 0)
+    {
+      grub_dprintf ("gptprio", "%s header: no signature\n", c->what);
+      return 0;
+    }
+  header_size = get32 (c->header + HDR_SIZE);
+  if (header_size < GPTPRIO_MIN_HEADER_SIZE || header_size > secsize
+      || header_crc (c, header_size) != get32 (c->header + HDR_CRC))
+    {
+      grub_dprintf ("gptprio", "%s header: bad size or CRC\n", c->what);
+      return 0;
+    }
+
+  first_usable = get64 (c->header + HDR_FIRST_USABLE);
+  last_usable = get64 (c->header + HDR_LAST_USABLE);
+  c->entries_lba = get64 (c->header + HDR_ENTRIES_LBA);
+  c->num_entries = get32 (c->header + HDR_NUM_ENTRIES);
+  c->entry_size = get32 (c->header + HDR_ENTRY_SIZE);
+
+  if (get64 (c->header + HDR_MY_LBA) != c->lba
+      || get64 (c->header + HDR_ALT_LBA) != expect_alt
+      || first_usable > last_usable || last_usable >= total
+      || c->entry_size < GPTPRIO_MIN_ENTRY_SIZE || (c->entry_size % 8) != 0
+      || c->num_entries == 0
+      || (grub_uint64_t) c->num_entries * c->entry_size
+	 > GPTPRIO_MAX_ENTRY_BYTES)
+    {
+      grub_dprintf ("gptprio", "%s header: bad LBAs or entry geometry\n",
+		    c->what);
+      return 0;
+    }
+
+  /* At most GPTPRIO_MAX_ENTRY_BYTES, so grub_size_t arithmetic suffices (and
+     i386 has no 64-bit division in the kernel).  */
+  entries_sectors = ((grub_size_t) c->num_entries * c->entry_size
+		     + secsize - 1) / secsize;
+  entries_end = c->entries_lba + entries_sectors;	/* exclusive */
+  if (entries_end < c->entries_lba
+      || (is_primary
+	  ? (c->entries_lba <= c->lba || entries_end > first_usable)
+	  : (c->entries_lba <= last_usable || entries_end > c->lba)))
+    {
+      grub_dprintf ("gptprio", "%s header: entry array misplaced\n", c->what);
+      return 0;
+    }
+  c->entries_alloc = entries_sectors * secsize;
+  return 1;
+}
+
+/*
  * Reads the header at LBA and its entry array, and sets C->valid when every
- * check passes.  EXPECT_ALT is the LBA the header must name as its alternate.
- * TOTAL is the disk size in logical sectors.  Returns an error only for
- * failures that are not about the table's contents (out of memory).
+ * check passes (header_check, then the entry array CRC).  EXPECT_ALT is the
+ * LBA the header must name as its alternate; TOTAL is the disk size in
+ * logical sectors.  Returns an error only for failures that are not about
+ * the table's contents (out of memory).
  */
 static grub_err_t
 copy_read (grub_disk_t disk, struct gpt_copy *c, grub_disk_addr_t lba,
 	   grub_uint64_t expect_alt, grub_uint64_t total, int is_primary)
 {
   grub_size_t secsize = (grub_size_t) 1 << disk->log_sector_size;
-  grub_uint32_t header_size;
-  grub_uint64_t first_usable, last_usable, entries_sectors, entries_end;
-  grub_size_t entries_bytes;
 
   c->lba = lba;
   c->valid = 0;
@@ -221,51 +287,9 @@ copy_read (grub_disk_t disk, struct gpt_copy *c, grub_disk_addr_t lba,
       grub_errno = GRUB_ERR_NONE;
       return GRUB_ERR_NONE;
     }
+  if (!header_check (c, secsize, expect_alt, total, is_primary))
+    return GRUB_ERR_NONE;
 
-  if (grub_memcmp (c->header + HDR_SIGNATURE, "EFI PART", 8) != 0)
-    {
-      grub_dprintf ("gptprio", "%s header: no signature\n", c->what);
-      return GRUB_ERR_NONE;
-    }
-  header_size = get32 (c->header + HDR_SIZE);
-  if (header_size < GPTPRIO_MIN_HEADER_SIZE || header_size > secsize
-      || header_crc (c, header_size) != get32 (c->header + HDR_CRC))
-    {
-      grub_dprintf ("gptprio", "%s header: bad size or CRC\n", c->what);
-      return GRUB_ERR_NONE;
-    }
-
-  first_usable = get64 (c->header + HDR_FIRST_USABLE);
-  last_usable = get64 (c->header + HDR_LAST_USABLE);
-  c->entries_lba = get64 (c->header + HDR_ENTRIES_LBA);
-  c->num_entries = get32 (c->header + HDR_NUM_ENTRIES);
-  c->entry_size = get32 (c->header + HDR_ENTRY_SIZE);
-
-  if (get64 (c->header + HDR_MY_LBA) != lba
-      || get64 (c->header + HDR_ALT_LBA) != expect_alt
-      || first_usable > last_usable || last_usable >= total
-      || c->entry_size < GPTPRIO_MIN_ENTRY_SIZE || (c->entry_size % 8) != 0
-      || c->num_entries == 0
-      || (grub_uint64_t) c->num_entries * c->entry_size
-	 > GPTPRIO_MAX_ENTRY_BYTES)
-    {
-      grub_dprintf ("gptprio", "%s header: bad LBAs or entry geometry\n",
-		    c->what);
-      return GRUB_ERR_NONE;
-    }
-
-  entries_bytes = (grub_size_t) c->num_entries * c->entry_size;
-  entries_sectors = (entries_bytes + secsize - 1) / secsize;
-  entries_end = c->entries_lba + entries_sectors;	/* exclusive */
-  if (is_primary
-      ? (c->entries_lba <= lba || entries_end > first_usable)
-      : (c->entries_lba <= last_usable || entries_end > lba))
-    {
-      grub_dprintf ("gptprio", "%s header: entry array misplaced\n", c->what);
-      return GRUB_ERR_NONE;
-    }
-
-  c->entries_alloc = entries_sectors * secsize;
   c->entries = grub_zalloc (c->entries_alloc);
   if (!c->entries)
     return grub_errno;
@@ -277,7 +301,7 @@ copy_read (grub_disk_t disk, struct gpt_copy *c, grub_disk_addr_t lba,
       grub_errno = GRUB_ERR_NONE;
       return GRUB_ERR_NONE;
     }
-  if (gptprio_crc32 (c->entries, entries_bytes)
+  if (gptprio_crc32 (c->entries, (grub_size_t) c->num_entries * c->entry_size)
       != get32 (c->header + HDR_ENTRIES_CRC))
     {
       grub_dprintf ("gptprio", "%s entries: bad CRC\n", c->what);
@@ -288,19 +312,61 @@ copy_read (grub_disk_t disk, struct gpt_copy *c, grub_disk_addr_t lba,
   return GRUB_ERR_NONE;
 }
 
+/* Copies ENTRIES into C and refreshes the entry array CRC, then the header CRC. */
+static void
+copy_seal (struct gpt_copy *c, const grub_uint8_t *entries)
+{
+  grub_memcpy (c->entries, entries, c->entries_alloc);
+  put32 (c->header + HDR_ENTRIES_CRC,
+	 gptprio_crc32 (c->entries,
+			(grub_size_t) c->num_entries * c->entry_size));
+  put32 (c->header + HDR_CRC, header_crc (c, get32 (c->header + HDR_SIZE)));
+}
+
+/*
+ * Rebuilds DST, a copy that did not validate, from SRC, the one that did, for
+ * DST's own place on the disk: SRC's header with DST's LBA as its own, SRC's
+ * as the alternate, and the entry array next to DST's header (LBA 2 for the
+ * primary, the sectors just below the header for the backup); SRC's entries;
+ * fresh CRCs.  Sets *OK when the rebuilt header passes the checks a header
+ * read from disk must pass.  Returns an error only when out of memory.
+ */
+static grub_err_t
+copy_rebuild (struct gpt_copy *dst, const struct gpt_copy *src,
+	      grub_size_t secsize, grub_uint64_t total, int is_primary,
+	      int *ok)
+{
+  grub_size_t sectors = src->entries_alloc / secsize;
+
+  *ok = 0;
+  grub_free (dst->entries);
+  dst->entries = grub_zalloc (src->entries_alloc);
+  if (!dst->entries)
+    return grub_errno;
+  dst->entries_alloc = src->entries_alloc;
+  dst->num_entries = src->num_entries;
+  dst->entry_size = src->entry_size;
+  dst->entries_lba = is_primary ? 2 : dst->lba - sectors;
+  if (!is_primary && sectors >= dst->lba)
+    return GRUB_ERR_NONE;
+
+  grub_memcpy (dst->header, src->header, secsize);
+  put64 (dst->header + HDR_MY_LBA, dst->lba);
+  put64 (dst->header + HDR_ALT_LBA, src->lba);
+  put64 (dst->header + HDR_ENTRIES_LBA, dst->entries_lba);
+  copy_seal (dst, src->entries);
+  *ok = header_check (dst, secsize, src->lba, total, is_primary)
+    && dst->entries_alloc == src->entries_alloc;
+  return GRUB_ERR_NONE;
+}
+
 /* Copies ENTRIES into C, refreshes both CRCs and writes entries, then header. */
 static grub_err_t
 copy_write (grub_disk_t disk, struct gpt_copy *c, const grub_uint8_t *entries)
 {
   grub_size_t secsize = (grub_size_t) 1 << disk->log_sector_size;
-  grub_uint32_t header_size = get32 (c->header + HDR_SIZE);
 
-  grub_memcpy (c->entries, entries, c->entries_alloc);
-  put32 (c->header + HDR_ENTRIES_CRC,
-	 gptprio_crc32 (c->entries,
-			(grub_size_t) c->num_entries * c->entry_size));
-  put32 (c->header + HDR_CRC, header_crc (c, header_size));
-
+  copy_seal (c, entries);
   if (grub_disk_write (disk, grub_disk_from_native_sector (disk,
 							  c->entries_lba),
 		       0, c->entries_alloc, c->entries) != GRUB_ERR_NONE)
@@ -459,15 +525,34 @@ grub_cmd_next (grub_extcmd_context_t ctxt, int argc, char **args)
   tries = (attrs >> TRIES_SHIFT) & 0xf;
   if (tries > 0)
     {
-      if (!primary.valid || !backup.valid
-	  || primary.num_entries != backup.num_entries
-	  || primary.entry_size != backup.entry_size)
-	grub_dprintf ("gptprio", "a GPT copy is invalid: not writing\n");
+      grub_size_t secsize = (grub_size_t) 1 << disk->log_sector_size;
+      int writable = 1;
+
+      attrs = (attrs & ~((grub_uint64_t) 0xf << TRIES_SHIFT))
+	| ((grub_uint64_t) (tries - 1) << TRIES_SHIFT);
+      put64 (ent + ENT_ATTRS, attrs);
+      /* A try must be spent even on a damaged table (DESIGN 4): the copy
+	 that does not validate is rebuilt from the one that does.  */
+      if (!primary.valid)
+	{
+	  grub_dprintf ("gptprio", "rebuilding the primary from the backup\n");
+	  err = copy_rebuild (&primary, &backup, secsize, total, 1, &writable);
+	}
+      else if (!backup.valid)
+	{
+	  grub_dprintf ("gptprio", "rebuilding the backup from the primary\n");
+	  err = copy_rebuild (&backup, &primary, secsize, total, 0, &writable);
+	}
+      else if (primary.num_entries != backup.num_entries
+	       || primary.entry_size != backup.entry_size)
+	writable = 0;
+      if (err)
+	goto out;
+      if (!writable)
+	grub_dprintf ("gptprio", "copies disagree on the entry array or the "
+		      "rebuilt copy would not validate: not writing\n");
       else
 	{
-	  attrs = (attrs & ~((grub_uint64_t) 0xf << TRIES_SHIFT))
-	    | ((grub_uint64_t) (tries - 1) << TRIES_SHIFT);
-	  put64 (ent + ENT_ATTRS, attrs);
 	  err = copy_write (disk, &backup, src->entries);
 	  if (!err)
 	    err = copy_write (disk, &primary, src->entries);

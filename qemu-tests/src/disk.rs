@@ -111,6 +111,44 @@ pub fn zero_primary_header(disk: &Path, sector_size: u32) -> Result<()> {
     f.sync_all().ctx("syncing", disk)
 }
 
+/// Overwrites the backup GPT header (the last LBA) with zeros.
+pub fn zero_backup_header(disk: &Path, sector_size: u32) -> Result<()> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .ctx("opening", disk)?;
+    let len = f.metadata().ctx("reading the size of", disk)?.len();
+    let last = (len / u64::from(sector_size) - 1) * u64::from(sector_size);
+    f.write_all_at(&vec![0u8; sector_size as usize], last)
+        .ctx("zeroing the backup GPT header of", disk)?;
+    f.sync_all().ctx("syncing", disk)
+}
+
+/// Runs `sgdisk -v` on a 512-byte-sector image; fails with its report unless it found no
+/// problems.
+pub fn sgdisk_verify(disk: &Path) -> Result<()> {
+    let mut cmd = Command::new("sgdisk");
+    cmd.arg("-v").arg(disk);
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| Error::Command {
+        command: shown.clone(),
+        detail: format!("starting it: {e}"),
+    })?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !report.contains("No problems found") {
+        return Err(Error::Command {
+            command: shown,
+            detail: format!(
+                "{}: {}{}",
+                out.status,
+                report.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn bootctl_err(action: &str, path: &Path) -> impl FnOnce(bootctl::Error) -> Error {
     let action = action.to_string();
     let path = path.to_owned();

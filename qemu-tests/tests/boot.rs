@@ -33,7 +33,8 @@ on_both_firmwares!(fresh_disk_boots_usr_a);
 on_both_firmwares!(b_with_one_try_boots_b_and_grub_spends_the_try);
 on_both_firmwares!(b_without_tries_is_skipped_and_grub_writes_nothing);
 on_both_firmwares!(nothing_bootable_boots_the_fallback_entry);
-on_both_firmwares!(zeroed_primary_gpt_header_boots_by_the_backup_copy);
+on_both_firmwares!(zeroed_primary_gpt_header_boots_b_by_the_backup_and_spends_its_try);
+on_both_firmwares!(zeroed_backup_gpt_header_boots_b_and_spends_its_try);
 
 /// A scenario's disk: v1 in USR-A, v2 written into USR-B's bytes (B's attributes untouched).
 struct TestDisk {
@@ -183,34 +184,78 @@ fn nothing_bootable_boots_the_fallback_entry(firmware: Firmware) -> anyhow::Resu
     Ok(())
 }
 
-fn zeroed_primary_gpt_header_boots_by_the_backup_copy(firmware: Firmware) -> anyhow::Result<()> {
-    let d = TestDisk::new("zeroed-primary", firmware, 512)?;
+/// B at P2 T1 S0 on a disk whose GPT copy `broken` ("primary" or "backup") was then damaged
+/// by `damage`: the test OS comes up on B, and after the boot B's try is spent on the disk,
+/// both copies validate and agree, and `sgdisk -v` finds no problem (DESIGN §4; issue 14,
+/// defect 11: GRUB used to write nothing here, so a trial slot that died before userspace
+/// repaired the table would have booted again forever).
+///
+/// Who repairs differs by firmware. SeaBIOS never touches the disk, so under BIOS GRUB
+/// rebuilds the broken copy from the valid one as it spends the try. OVMF's partition driver
+/// restores a broken copy from the valid one before GRUB runs, so under UEFI GRUB finds two
+/// valid copies; the end state is the same.
+fn trial_on_a_damaged_gpt_spends_its_try(
+    firmware: Firmware,
+    name: &str,
+    broken: &str,
+    damage: fn(&Path, u32) -> qemu_tests::Result<()>,
+) -> anyhow::Result<()> {
+    let d = TestDisk::new(name, firmware, 512)?;
     let mut slots = disk::open(d.path(), true)?;
     slots.set_next(&SlotId::B, 1)?;
     drop(slots);
-    disk::zero_primary_header(d.path(), d.sector_size)?;
-    assert!(disk::open(d.path(), false)?.state().primary.is_err());
+    damage(d.path(), d.sector_size)?;
+    let state = disk::open(d.path(), false)?;
+    let copy = match broken {
+        "primary" => &state.state().primary,
+        _ => &state.state().backup,
+    };
+    assert!(copy.is_err(), "the {broken} copy is broken before the boot");
+    drop(state);
 
-    // Only the backup copy says B is next: booting B proves GRUB read it.
-    let booted = d.boot("zeroed primary GPT header", firmware)?;
+    let booted = d.boot(name, firmware)?;
     assert_eq!(booted.usr_partuuid, d.partuuid(&SlotId::B)?);
     assert_eq!(booted.version, "2");
+    assert_eq!(d.attrs(&SlotId::B)?, attrs(2, 0, false), "the try is spent");
+    assert_eq!(
+        d.attrs(&SlotId::A)?,
+        attrs(1, 0, true),
+        "A stays the fallback"
+    );
     let state = disk::open(d.path(), false)?;
-    match firmware {
-        // OVMF's partition driver restores an invalid primary GPT from the backup before GRUB
-        // runs, so GRUB sees two valid copies and spends the try as usual.
-        Firmware::Uefi => {
-            assert!(state.state().primary.is_ok(), "OVMF restored the primary");
-            assert_eq!(d.attrs(&SlotId::B)?, attrs(2, 0, false));
-        }
-        // SeaBIOS leaves the disk alone: GRUB chose from the backup and, as it writes back
-        // only when both copies validate, spent nothing; the primary waits for userspace.
-        Firmware::Bios => {
-            assert!(state.state().primary.is_err(), "GRUB wrote the primary");
-            assert_eq!(d.attrs(&SlotId::B)?, attrs(2, 1, false));
-        }
-    }
+    let s = state.state();
+    assert!(
+        !s.needs_repair(),
+        "both GPT copies valid and equal, the backup at the end: primary {:?}, backup {:?}, \
+         copies match {}, backup at the end {}",
+        s.primary,
+        s.backup,
+        s.copies_match,
+        s.backup_at_end()
+    );
+    disk::sgdisk_verify(d.path())?;
     Ok(())
+}
+
+fn zeroed_primary_gpt_header_boots_b_by_the_backup_and_spends_its_try(
+    firmware: Firmware,
+) -> anyhow::Result<()> {
+    // Only the backup copy says B is next: booting B proves GRUB (or OVMF) read it.
+    trial_on_a_damaged_gpt_spends_its_try(
+        firmware,
+        "zeroed-primary",
+        "primary",
+        disk::zero_primary_header,
+    )
+}
+
+fn zeroed_backup_gpt_header_boots_b_and_spends_its_try(firmware: Firmware) -> anyhow::Result<()> {
+    trial_on_a_damaged_gpt_spends_its_try(
+        firmware,
+        "zeroed-backup",
+        "backup",
+        disk::zero_backup_header,
+    )
 }
 
 #[test]

@@ -4,13 +4,16 @@
 //!   file and one `grub-emu` run calls `gptprio.next` on all of them: the same partition (or
 //!   none, with the variables untouched), the same attributes written, both GPT copies valid
 //!   and equal afterwards, and not one byte written when nothing was decremented.
-//! - Damaged tables, in the emulator: a zeroed primary header boots by the backup, a corrupt
-//!   copy means no write, two corrupt copies mean no choice, a stale backup is rewritten from
-//!   the primary.
+//! - Its `damaged` vectors do the same on disks with one or both GPT copies broken (DESIGN §4):
+//!   with a try to spend GRUB rebuilds the broken copy, leaving exactly the bytes a boot of the
+//!   undamaged disk leaves (`sgdisk -v` clean); with none it writes nothing; with both copies
+//!   broken it chooses nothing. Beside them, in the emulator: a stale backup is rewritten from
+//!   the primary, and a copy that could not be rebuilt into a valid one means no write.
 //! - Real firmware: disks made by `image-tools disk` boot GRUB under OVMF (512- and 4096-byte
 //!   sectors) and SeaBIOS, and GRUB's choice and tries decrement show on the serial console
-//!   and on the disk. The /usr image holds a stand-in kernel, so GRUB's `linux` fails after
-//!   the choice; booting a real kernel is `boot.rs`'s business.
+//!   and on the disk, also with a broken primary or backup copy. The /usr image holds a
+//!   stand-in kernel, so GRUB's `linux` fails after the choice; booting a real kernel is
+//!   `boot.rs`'s business.
 use bootctl::gpt::{self, Entry, Gpt};
 use bootctl::guid::{BIOS_BOOT_TYPE, ESP_TYPE, LINUX_DATA_TYPE, USR_TYPE};
 use bootctl::storage::FileDisk;
@@ -249,16 +252,6 @@ fn gptprio_matches_the_rust_rule_on_every_select_vector() {
     );
 }
 
-/// One damaged-table case: a disk, how to damage it, and what GRUB must do.
-struct Damage {
-    name: &'static str,
-    usr: [(u32, u64); 2],
-    damage: fn(&Path, &Gpt),
-    choice: Option<u32>,
-    /// `None`: the disk must be byte-for-byte unchanged; `Some(t)`: B's tries afterwards.
-    b_tries_after: Option<u8>,
-}
-
 fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     fs::OpenOptions::new()
@@ -269,6 +262,7 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
         .unwrap();
 }
 
+/// Inverts the lowest bit of the byte at `offset`.
 fn flip(path: &Path, offset: u64) {
     use std::os::unix::fs::FileExt;
     let f = fs::OpenOptions::new()
@@ -278,134 +272,197 @@ fn flip(path: &Path, offset: u64) {
         .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
-    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+    f.write_all_at(&[b[0] ^ 1], offset).unwrap();
+}
+
+/// Applies a vector's `damage` edits (format: `bootctl/tests/vectors.rs`) to a 512-byte-sector
+/// disk laid out as `table`.
+fn apply_damage(path: &Path, table: &Gpt, damage: &serde_json::Value) {
+    for edit in damage.as_array().expect("damage is a list") {
+        let lba = match edit["at"].as_str() {
+            Some("primary header") => 1,
+            Some("backup header") => table.backup_lba,
+            Some("primary entries") => table.primary_entries_lba,
+            Some("backup entries") => table.backup_entries_lba,
+            other => panic!("unknown damage place {other:?}"),
+        };
+        match edit["op"].as_str() {
+            Some("zero") => overwrite(path, lba * 512, &[0u8; 512]),
+            Some("flip") => flip(path, lba * 512 + edit["byte"].as_u64().unwrap()),
+            other => panic!("unknown damage op {other:?}"),
+        }
+    }
+}
+
+/// `sgdisk -v` finds no problem on the disk.
+fn assert_sgdisk_clean(path: &Path, what: &str) {
+    if let Err(e) = qemu_tests::disk::sgdisk_verify(path) {
+        panic!("{what}: {e}");
+    }
 }
 
 #[test]
-fn gptprio_reads_the_backup_and_writes_only_when_both_copies_validate() {
+fn gptprio_matches_the_rust_rule_on_every_damaged_vector() {
+    // Issue 14, defect 11: with one broken copy GRUB used to write nothing, so a trial slot
+    // that died before userspace repaired the table booted again forever.
     let grub = grub();
-    let next = [(3, attrs(1, 0, true)), (4, attrs(2, 1, false))];
-    let cases = [
-        Damage {
-            name: "primary header zeroed: B by the backup, no write",
-            usr: next,
-            damage: |p, _| overwrite(p, 512, &[0u8; 512]),
-            choice: Some(4),
-            b_tries_after: None,
-        },
-        Damage {
-            name: "primary entries corrupt: B by the backup, no write",
-            usr: next,
-            // Byte 100 of entry 1 (the ESP's name) changes the entry array CRC only.
-            damage: |p, _| flip(p, 1024 + 100),
-            choice: Some(4),
-            b_tries_after: None,
-        },
-        Damage {
-            name: "backup entries corrupt: B by the primary, no write",
-            usr: next,
-            damage: |p, t| flip(p, t.backup_entries_lba * 512 + 100),
-            choice: Some(4),
-            b_tries_after: None,
-        },
-        Damage {
-            name: "backup header CRC wrong: B by the primary, no write",
-            usr: next,
-            damage: |p, t| flip(p, t.backup_lba * 512 + 16),
-            choice: Some(4),
-            b_tries_after: None,
-        },
-        Damage {
-            name: "both headers zeroed: no choice, no write",
-            usr: next,
-            damage: |p, t| {
-                overwrite(p, 512, &[0u8; 512]);
-                overwrite(p, t.backup_lba * 512, &[0u8; 512]);
-            },
-            choice: None,
-            b_tries_after: None,
-        },
-        Damage {
-            name: "stale valid backup: the primary wins and is written to both copies",
-            usr: next,
-            damage: |p, t| {
-                // A valid backup that still says B is P0 (an interrupted userspace write).
-                let mut old = t.clone();
-                old.set_attributes(4, 0);
-                let entries = old.entry_array().to_vec();
-                let mut padded = entries.clone();
-                padded.resize((old.array_sectors() * 512) as usize, 0);
-                overwrite(p, old.backup_entries_lba * 512, &padded);
-                overwrite(
-                    p,
-                    old.backup_lba * 512,
-                    &old.header_sector(gpt::Copy::Backup),
-                );
-            },
-            choice: Some(4),
-            b_tries_after: Some(0),
-        },
-    ];
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(VECTORS).unwrap()).unwrap();
+    let vectors = json["damaged"].as_array().expect("damaged vectors");
+    assert!(
+        vectors.len() >= 40,
+        "the vector file holds the damaged cases"
+    );
+    assert!(
+        vectors.iter().any(|v| v["written"] == true)
+            && vectors.iter().any(|v| v["written"] == false),
+        "damaged vectors with and without a write"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut disks = Vec::new();
+    // Disk 2i is vector i's damaged disk, disk 2i+1 its undamaged twin (same GUIDs), whose
+    // boot shows the bytes a rebuilt table must end up as.
+    let mut paths = Vec::new();
     let mut tables = Vec::new();
     let mut hashes = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("d{i}.img"));
-        let t = make_disk(&path, &c.usr);
-        (c.damage)(&path, &t);
-        hashes.push(file_hash(&path));
-        disks.push(path);
-        tables.push(t);
+    for (i, v) in vectors.iter().enumerate() {
+        let damaged = dir.path().join(format!("v{i}.img"));
+        let twin = dir.path().join(format!("v{i}-twin.img"));
+        let table = make_disk(&damaged, &entries(&v["entries"]));
+        fs::copy(&damaged, &twin).unwrap();
+        apply_damage(&damaged, &table, &v["damage"]);
+        hashes.push(file_hash(&damaged));
+        paths.extend([damaged, twin]);
+        tables.push(table);
     }
-    let refs: Vec<&Path> = disks.iter().map(|p| p.as_path()).collect();
+    assert!(paths.len() <= EMU_MAX_DISKS);
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let got = results(
+        &Emu::new(&grub)
+            .run(&refs, &select_script(refs.len()))
+            .unwrap(),
+        refs.len(),
+    );
+
+    let mut failures = Vec::new();
+    for (i, v) in vectors.iter().enumerate() {
+        let name = v["name"].as_str().unwrap();
+        let (path, twin) = (&paths[2 * i], &paths[2 * i + 1]);
+        let (ok, dev, uuid) = &got[2 * i];
+        let want = match v["choice"].as_u64() {
+            Some(n) => (
+                true,
+                format!("hd{},gpt{n}", 2 * i),
+                tables[i]
+                    .entry(n as u32)
+                    .unique_guid
+                    .to_string()
+                    .to_lowercase(),
+            ),
+            None => (false, "untouched".to_string(), "untouched".to_string()),
+        };
+        if (*ok, dev.clone(), uuid.clone()) != want {
+            failures.push(format!(
+                "{name}: GRUB said {ok} {dev} {uuid}, the rule {want:?}"
+            ));
+            continue;
+        }
+        if v["written"] == false {
+            if file_hash(path) != hashes[i] {
+                failures.push(format!(
+                    "{name}: nothing to decrement, yet GRUB changed the disk"
+                ));
+            }
+            continue;
+        }
+        let r = read_table(path, 512);
+        if r.needs_repair() {
+            failures.push(format!(
+                "{name}: copies after GRUB: {:?} {:?} match={} backup at end={}",
+                r.primary,
+                r.backup,
+                r.copies_match,
+                r.backup_at_end()
+            ));
+            continue;
+        }
+        let after = entries(&v["after"]);
+        let now: Vec<(u32, u64)> = after
+            .iter()
+            .map(|&(n, _)| (n, r.gpt.entry(n).attributes))
+            .collect();
+        if now != after {
+            failures.push(format!(
+                "{name}: attributes after GRUB {now:x?}, the rule {after:x?}"
+            ));
+        } else if fs::read(path).unwrap() != fs::read(twin).unwrap() {
+            failures.push(format!(
+                "{name}: the disk differs from its undamaged twin after the same boot"
+            ));
+        } else if let Err(e) = qemu_tests::disk::sgdisk_verify(path) {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} damaged vectors differ:\n{}",
+        failures.len(),
+        vectors.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gptprio_rewrites_a_stale_backup_and_never_writes_a_copy_that_would_not_validate() {
+    let grub = grub();
+    let next = [(3, attrs(1, 0, true)), (4, attrs(2, 1, false))];
+    let dir = tempfile::tempdir().unwrap();
+    let (stale, unfit) = (dir.path().join("stale.img"), dir.path().join("unfit.img"));
+
+    // A valid backup that still says B is P0 (an interrupted userspace write): the primary
+    // wins and is written to both copies.
+    let t = make_disk(&stale, &next);
+    let mut old = t.clone();
+    old.set_attributes(4, 0);
+    let mut padded = old.entry_array().to_vec();
+    padded.resize((old.array_sectors() * 512) as usize, 0);
+    overwrite(&stale, old.backup_entries_lba * 512, &padded);
+    overwrite(
+        &stale,
+        old.backup_lba * 512,
+        &old.header_sector(gpt::Copy::Backup),
+    );
+
+    // A primary whose usable range reaches into the backup entry array (valid to GRUB, which
+    // does not check that) and a zeroed backup: a backup rebuilt from it would overlap the
+    // usable range and fail GRUB's own checks, so GRUB boots B by the primary and writes
+    // nothing rather than leave a disk with one valid copy half-rewritten.
+    let mut u = make_disk(&unfit, &next);
+    u.last_usable_lba = u.backup_entries_lba;
+    overwrite(&unfit, 512, &u.header_sector(gpt::Copy::Primary));
+    overwrite(&unfit, u.backup_lba * 512, &[0u8; 512]);
+    let unfit_hash = file_hash(&unfit);
+
     let out = Emu::new(&grub)
-        .run(&refs, &select_script(refs.len()))
+        .run(&[&stale, &unfit], &select_script(2))
         .unwrap();
-    let got = results(&out, refs.len());
-    for (i, c) in cases.iter().enumerate() {
-        let (ok, dev, uuid) = &got[i];
-        match c.choice {
-            Some(n) => {
-                assert!(ok, "{}: GRUB chose nothing", c.name);
-                assert_eq!(dev, &format!("hd{i},gpt{n}"), "{}", c.name);
-                assert_eq!(
-                    uuid,
-                    &tables[i].entry(n).unique_guid.to_string().to_lowercase(),
-                    "{}",
-                    c.name
-                );
-            }
-            None => assert_eq!(
-                (*ok, dev.as_str(), uuid.as_str()),
-                (false, "untouched", "untouched"),
-                "{}",
-                c.name
-            ),
-        }
-        match c.b_tries_after {
-            None => assert_eq!(
-                file_hash(&disks[i]),
-                hashes[i],
-                "{}: GRUB wrote to the disk",
-                c.name
-            ),
-            Some(t) => {
-                let r = read_table(&disks[i], 512);
-                assert!(
-                    r.primary.is_ok() && r.backup.is_ok() && r.copies_match,
-                    "{}: {r:?}",
-                    c.name
-                );
-                assert_eq!(
-                    SlotAttrs::decode(r.gpt.entry(4).attributes).tries,
-                    t,
-                    "{}",
-                    c.name
-                );
-            }
-        }
-    }
+    let got = results(&out, 2);
+    let b = |t: &Gpt| t.entry(4).unique_guid.to_string().to_lowercase();
+    assert_eq!(
+        got[0],
+        (true, "hd0,gpt4".to_string(), b(&t)),
+        "stale backup"
+    );
+    let r = read_table(&stale, 512);
+    assert!(!r.needs_repair(), "stale backup: {r:?}");
+    assert_eq!(SlotAttrs::decode(r.gpt.entry(4).attributes).tries, 0);
+    assert_sgdisk_clean(&stale, "stale backup");
+
+    assert_eq!(
+        got[1],
+        (true, "hd1,gpt4".to_string(), b(&u)),
+        "unfit backup"
+    );
+    assert_eq!(file_hash(&unfit), unfit_hash, "unfit backup: GRUB wrote");
 }
 
 #[test]
@@ -676,15 +733,20 @@ fn bios_nothing_bootable_boots_the_fallback_entry_without_a_key_press() {
     nothing_bootable_runs_the_fallback(false);
 }
 
-/// Boots a disk whose primary GPT header is zeroed and B is at P2 T1 S0: GRUB must boot B by
-/// the backup copy. Returns the disk afterwards and whether its bytes stayed the same.
-fn boots_b_with_the_primary_header_zeroed(uefi: bool, sector_size: u32) -> (gpt::DiskGpt, bool) {
-    let (_dir, disk, _, unchanged) = grub_boot(
+/// Boots a disk with B at P2 T1 S0 whose GPT was then damaged by `damage`: GRUB must boot B.
+/// Returns the disk afterwards, whether its bytes stayed the same, and the scratch directory
+/// holding it (removed on drop).
+fn boots_b_on_a_damaged_table(
+    uefi: bool,
+    sector_size: u32,
+    damage: fn(&Path, u32),
+) -> (gpt::DiskGpt, bool, PathBuf, tempfile::TempDir) {
+    let (dir, disk, _, unchanged) = grub_boot(
         uefi,
         sector_size,
         |d| {
             set_next_b(d, sector_size);
-            overwrite(d, u64::from(sector_size), &vec![0u8; sector_size as usize]);
+            damage(d, sector_size);
         },
         |r| {
             vec![format!(
@@ -694,26 +756,60 @@ fn boots_b_with_the_primary_header_zeroed(uefi: bool, sector_size: u32) -> (gpt:
         },
     );
     let mut d = FileDisk::open(&disk, false).unwrap();
-    (gpt::read(&mut d, Some(sector_size)).unwrap(), unchanged)
+    (
+        gpt::read(&mut d, Some(sector_size)).unwrap(),
+        unchanged,
+        disk,
+        dir,
+    )
+}
+
+fn zero_primary_header(d: &Path, sector_size: u32) {
+    overwrite(d, u64::from(sector_size), &vec![0u8; sector_size as usize]);
+}
+
+fn zero_backup_header(d: &Path, sector_size: u32) {
+    qemu_tests::disk::zero_backup_header(d, sector_size).unwrap();
+}
+
+/// Both copies valid and equal, the backup at the end, and B's try spent.
+fn assert_repaired_and_spent(t: &gpt::DiskGpt) {
+    assert!(
+        !t.needs_repair(),
+        "primary {:?}, backup {:?}, copies match {}, backup at the end {}",
+        t.primary,
+        t.backup,
+        t.copies_match,
+        t.backup_at_end()
+    );
+    let b = SlotAttrs::decode(t.gpt.entry(4).attributes);
+    assert_eq!(
+        (b.priority, b.tries, b.successful),
+        (2, 0, false),
+        "B's try spent"
+    );
 }
 
 #[test]
-fn bios_with_the_primary_header_zeroed_boots_b_by_the_backup_and_writes_nothing() {
-    // SeaBIOS never touches the GPT, so this is GRUB's behaviour alone.
-    let (t, unchanged) = boots_b_with_the_primary_header_zeroed(false, 512);
-    assert!(t.primary.is_err(), "the primary stays broken");
-    assert!(unchanged, "a copy is invalid: GRUB must not write");
+fn bios_with_the_primary_header_zeroed_boots_b_by_the_backup_and_rebuilds_the_primary() {
+    // SeaBIOS never touches the GPT, so the rebuilt primary and the spent try are GRUB's work
+    // alone (issue 14, defect 11: GRUB used to write nothing here).
+    let (t, _, disk, _dir) = boots_b_on_a_damaged_table(false, 512, zero_primary_header);
+    assert_repaired_and_spent(&t);
+    assert_sgdisk_clean(&disk, "rebuilt primary");
+}
+
+#[test]
+fn bios_with_the_backup_header_zeroed_boots_b_and_rebuilds_the_backup() {
+    let (t, _, disk, _dir) = boots_b_on_a_damaged_table(false, 512, zero_backup_header);
+    assert_repaired_and_spent(&t);
+    assert_sgdisk_clean(&disk, "rebuilt backup");
 }
 
 #[test]
 fn uefi_4096_with_the_primary_header_zeroed_boots_b_after_the_firmware_restores_it() {
     // OVMF's partition driver (EDK2 PartitionDxe) restores an invalid primary GPT from a valid
     // backup before GRUB runs; GRUB then sees two valid copies and uses B's try.
-    let (t, _) = boots_b_with_the_primary_header_zeroed(true, 4096);
-    assert!(
-        t.primary.is_ok() && t.backup.is_ok() && t.copies_match,
-        "{t:?}"
-    );
-    let b = SlotAttrs::decode(t.gpt.entry(4).attributes);
-    assert_eq!((b.priority, b.tries, b.successful), (2, 0, false));
+    let (t, _, _, _dir) = boots_b_on_a_damaged_table(true, 4096, zero_primary_header);
+    assert_repaired_and_spent(&t);
 }
