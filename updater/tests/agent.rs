@@ -381,3 +381,119 @@ fn status_keeps_the_failed_list_the_agent_reads() {
     assert!(out.contains("2.0: failed on this box before"), "{out}");
     assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
 }
+
+/// A real nginx (Debian's package) serving a directory on a free 127.0.0.1 port, with its own
+/// config, logs and pid in a temporary directory; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Nginx {
+    fn serve(root: &std::path::Path) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port}; root {}; etag on; }}
+}}
+",
+            root.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .spawn()
+            .expect("starting nginx (Debian package nginx, installed by scripts/deps.sh)");
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nginx { child, dir, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!(
+            "nginx did not listen on {port}: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn over_http_from_nginx_the_agent_installs_and_the_next_poll_is_not_modified() {
+    let dev = Device::new();
+    let mut tree = Tree::new(&dev);
+    tree.release("2.0", &image(2));
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
+    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    assert!(out.contains("installed 2.0 into slot B"), "{out}");
+    assert!(dev.slot_bytes(&SlotId::B)[..image(2).len()] == image(2)[..]);
+    let json: serde_json::Value =
+        serde_json::from_str(ok(agent(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
+    assert_eq!(json["not_modified"], true, "{json}");
+    assert!(
+        nginx
+            .requests()
+            .contains("\"GET /stable/stream.json HTTP/1.1\" 304"),
+        "{}",
+        nginx.requests()
+    );
+    // A new serial is fetched again.
+    tree.release("3.0", &image(3));
+    let json: serde_json::Value =
+        serde_json::from_str(ok(agent(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
+    assert_eq!(json["not_modified"], false, "{json}");
+    assert_eq!(json["serial"], 3);
+}
+
+#[test]
+fn a_server_that_is_down_changes_nothing_and_says_why() {
+    let dev = Device::new();
+    let mut tree = Tree::new(&dev);
+    tree.release("2.0", &image(2));
+    let url = {
+        let nginx = Nginx::serve(&tree.dir);
+        nginx.url("stable/stream.json")
+    };
+    configure(&dev, &url, "");
+    let disk_before = std::fs::read(dev.disk()).unwrap();
+    let e = err(&agent(&dev, "A", "1.0", &["agent", "--once"]));
+    assert!(e.contains("fetching http://127.0.0.1:"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(std::fs::read(dev.disk()).unwrap() == disk_before);
+    let status = ok(agent(&dev, "A", "1.0", &["status"]));
+    assert!(status.contains("FAILED: fetching"), "{status}");
+}
