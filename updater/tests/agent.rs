@@ -414,7 +414,7 @@ http {{
             root.display()
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = std::process::Command::new("nginx")
+        let mut child = std::process::Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -429,6 +429,8 @@ http {{
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "nginx did not listen on {port}: {}",
             std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
