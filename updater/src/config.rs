@@ -682,7 +682,7 @@ mod docs_tests {
     }
 }
 
-/// `[keys]` keys. Values are taken as raw TOML and checked in [`Settings::apply_keys`], so a
+/// `[keys]` keys. Values are taken as raw TOML and checked in `Settings::apply_keys`, so a
 /// bad value is never silently dropped: it is a warning *and* lands in
 /// [`KeySettings::invalid`](crate::payload::KeySettings::invalid), which makes installs trust no
 /// key (failing closed: ignoring a bad revocation could trust a key the admin meant to revoke).

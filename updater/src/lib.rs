@@ -10,7 +10,9 @@
 //! feature), [`version`] (UAPI version ordering), [`osrelease`] (os-release parsing),
 //! [`source`] (files and HTTP with resume), [`install`] (the install pipeline), [`state`]
 //! (atomic state files), [`config`] (TOML drop-ins), [`health`] (running health checks),
-//! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status).
+//! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status),
+//! [`stream`] (signed release streams and the rollout rule), [`window`] (maintenance windows),
+//! [`agent`] (the update agent: poll, decide, install, reboot by strategy).
 #![deny(missing_docs)]
 
 pub mod agent;
