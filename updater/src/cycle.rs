@@ -499,6 +499,16 @@ impl Cycle {
         self.reboot(no_reboot)
     }
 
+    /// Lifts the refusal of every version that a damaged failed-version list set
+    /// ([`crate::history::FailedVersions::refuse_all`]); the versions salvaged from it stay
+    /// refused. Returns whether a refusal was lifted.
+    pub fn unblock(&self) -> anyhow::Result<bool> {
+        let _lock = self.lock("unblock")?;
+        self.history
+            .clear_refuse_all()
+            .context("clearing the refusal of every version")
+    }
+
     /// Both slots, the next boot, the pending install, failed versions, the last verdict.
     pub fn status(&self) -> anyhow::Result<Status> {
         let mut disk = self.open(false)?;

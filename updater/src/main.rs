@@ -24,6 +24,7 @@ enum Command {
     Rollback(cycle::RollbackCmd),
     MarkGood(cycle::MarkGoodCmd),
     MarkBad(cycle::MarkBadCmd),
+    Unblock(cycle::UnblockCmd),
     Check(agent::CheckCmd),
     Agent(agent::AgentCmd),
 }
@@ -36,6 +37,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(c) => c.run(&cli.global),
         Command::MarkGood(c) => c.run(&cli.global),
         Command::MarkBad(c) => c.run(&cli.global),
+        Command::Unblock(c) => c.run(&cli.global),
         Command::Check(c) => c.run(&cli.global),
         Command::Agent(c) => c.run(&cli.global),
     }

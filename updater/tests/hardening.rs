@@ -596,4 +596,13 @@ fn a_damaged_failed_list_blocks_installs_and_status_says_so() {
         status.contains("DAMAGED STATE FILE: failed.json"),
         "{status}"
     );
+    // The operator looked: 3.0 may go, the salvaged 2.0 stays refused.
+    assert!(ok(on(&dev, "A", "1.0", &["unblock"])).contains("updates unblocked"));
+    ok(on(&dev, "A", "1.0", &["install", &payload(&dev, "3.0")]));
+    let again = on(&dev, "A", "1.0", &["install", &payload(&dev, "2.0")]);
+    assert!(
+        stderr(&again).contains("failed before"),
+        "{}",
+        stderr(&again)
+    );
 }

@@ -347,3 +347,28 @@ impl MarkBadCmd {
         Ok(std::process::ExitCode::SUCCESS)
     }
 }
+
+/// Lift "updates blocked": after the failed-version list was found damaged, every version is
+/// refused until an operator has looked at the damaged copy `updater status` names.
+///
+/// The versions salvaged from the damaged copy stay recorded as failed. Exit status 0 whether
+/// or not updates were blocked. Example: updater unblock
+#[derive(Args, Debug)]
+pub struct UnblockCmd {}
+
+impl UnblockCmd {
+    /// Runs the command.
+    pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
+        let lifted = Cycle::new(d.device()?)
+            .with_lock_wait(d.lock_wait())
+            .unblock()?;
+        if d.json {
+            println!("{}", serde_json::json!({ "unblocked": lifted }));
+        } else if lifted {
+            println!("updates unblocked; versions salvaged from the damaged list stay refused");
+        } else {
+            println!("updates were not blocked");
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+}
