@@ -210,10 +210,11 @@ fn v4_whose_init_never_comes_up_falls_back_and_is_recorded_as_failed() -> anyhow
 
     let st = g.status()?;
     assert_eq!((st.booted.as_str(), st.next.as_deref()), ("A", Some("A")));
+    // GRUB spent B's try; the old slot's health recorded it and marked it bad.
     assert_eq!(
         st.slot("B")?.attrs(),
-        attrs(2, 0, false),
-        "GRUB spent the try"
+        attrs(0, 0, false),
+        "B never came up: recorded and marked bad"
     );
     assert!(st.pending.is_none(), "{st:?}");
     let failed = st.failed("4").expect("v4 recorded as failed");
@@ -374,8 +375,9 @@ fn power_cuts_during_install_and_commit_leave_a_complete_verified_slot_to_boot(
             "{st:?}"
         );
     } else {
-        // B's only try is spent: GRUB falls back to A, which records v2 as never up.
-        assert_eq!(st.slot("B")?.attrs(), attrs(2, 0, false));
+        // B's only try is spent: GRUB falls back to A, which records v2 as never up and marks
+        // B bad.
+        assert_eq!(st.slot("B")?.attrs(), attrs(0, 0, false));
         assert_eq!(
             (g.booted.version.as_str(), &g.booted.usr_partuuid),
             ("1", &a)
