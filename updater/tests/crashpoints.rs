@@ -116,24 +116,29 @@ fn clone_device(dev: &Device) -> Device {
 /// Invariant 7 after a crash of an install of `version` booted from A: if GRUB would now
 /// boot another slot, that slot dies before its health check on every try, GRUB falls back,
 /// and A's `health` must record `version` as failed.
-/// How many crash points left a new slot bootable (and so exercised invariant 7).
-static NEW_SLOT_BOOTABLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) {
+/// Returns whether the crash left such a slot (so invariant 7 was exercised).
+fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) -> bool {
     let future = clone_device(dev);
-    let mut booted_new = false;
-    loop {
+    for _ in 0..=16 {
         let mut disk = SlotDisk::open(&future.disk(), true, None).unwrap();
         let sel = disk.select(true).unwrap().expect("something bootable");
         if sel.slot.label == "USR-A" {
             break;
         }
-        booted_new = true;
+        if sel.slot.attrs.successful {
+            // The new slot was committed before the crash: it came up.
+            return false;
+        }
     }
-    if !booted_new {
-        return;
+    // Back on A. B was never flipped (P0), or it was and never committed: then A must say so.
+    let b = future.slot(&SlotId::B).attrs;
+    if b.successful || b.priority == 0 {
+        return false;
     }
-    NEW_SLOT_BOOTABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    future.write_root_file(
+        "usr/lib/os-release",
+        "IMAGE_ID=testbox\nIMAGE_VERSION=1.0\n",
+    );
     let (out, _) = run(&future, "A", &["health", "--no-reboot"], 0);
     assert!(
         out.status.success(),
@@ -148,6 +153,7 @@ fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) {
         failed.find(version).is_some(),
         "{what}: the new slot booted and never came up, but {version} is not recorded as failed"
     );
+    true
 }
 
 /// Sweeps every crash point of `args` run on a device prepared by `prepare`; `finish` checks
@@ -219,6 +225,7 @@ fn big_image() -> Vec<u8> {
 #[test]
 fn install_and_flip_survive_a_crash_at_every_write_and_flush() {
     let image = big_image();
+    let checked = std::sync::atomic::AtomicUsize::new(0);
     let n = sweep(
         "install",
         "A",
@@ -245,10 +252,14 @@ fn install_and_flip_survive_a_crash_at_every_write_and_flush() {
             );
             assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
         },
-        |dev, what| check_never_came_up_is_recorded(dev, what, "2.0"),
+        |dev, what| {
+            if check_never_came_up_is_recorded(dev, what, "2.0") {
+                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
     );
     assert!(n > 40, "{n} crash points");
-    let bootable = NEW_SLOT_BOOTABLE.load(std::sync::atomic::Ordering::Relaxed);
+    let bootable = checked.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("crashpoints: install: {bootable} crash points left slot B bootable; each recorded 2.0 as failed when B never came up");
     assert!(bootable > 0, "no crash point reached the flip");
 }
@@ -274,6 +285,7 @@ fn booted_into_new_slot(dev: &Device) {
 
 #[test]
 fn commit_survives_a_crash_at_every_write_and_flush() {
+    let checked = std::sync::atomic::AtomicUsize::new(0);
     sweep(
         "commit (updater health)",
         "B",
@@ -284,8 +296,16 @@ fn commit_survives_a_crash_at_every_write_and_flush() {
             let b = dev.slot(&SlotId::B).attrs;
             assert!(b.successful && b.tries == 0, "B not committed: {b}");
         },
-        |_, _| {},
+        // A commit cut before it was durable: B never came up, and A must record it.
+        |dev, what| {
+            if check_never_came_up_is_recorded(dev, what, "2.0") {
+                checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        },
     );
+    let n = checked.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("crashpoints: commit: {n} crash points left slot B uncommitted; each recorded 2.0 as failed");
+    assert!(n > 0, "no crash point came before the commit was durable");
 }
 
 #[test]
