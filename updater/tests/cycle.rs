@@ -203,7 +203,16 @@ fn manual_rollback_to_the_committed_fallback_and_back() {
 
 #[test]
 fn help_documents_each_cycle_command_with_an_example() {
-    for cmd in ["health", "status", "rollback", "mark-good", "mark-bad"] {
+    for cmd in [
+        "health",
+        "status",
+        "rollback",
+        "mark-good",
+        "mark-bad",
+        "unblock",
+        "check",
+        "agent",
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_updater"))
             .args([cmd, "--help"])
             .output()

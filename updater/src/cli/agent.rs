@@ -52,7 +52,7 @@ impl CheckCmd {
 /// (reboots inside a maintenance window). Nothing happens while the booted slot is not
 /// committed. Exit status of --once: 0 when the cycle completed, 1 when it failed.
 ///
-/// Examples: updater agent --once --json; updater agent (as a service)
+/// Example: updater agent --once --json (a timer), or updater agent (a service)
 #[derive(Args, Debug)]
 pub struct AgentCmd {
     /// Run one cycle and exit (for timers and tests).
