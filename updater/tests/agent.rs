@@ -1,7 +1,7 @@
 //! The update agent on a host (issue 13): a signed stream tree on disk (`file://`) or served
 //! over HTTP on 127.0.0.1, and `updater check` / `updater agent --once` through the binary.
-use crate::util::{self, Device};
-use bootctl::{SlotAttrs, SlotDisk, SlotId};
+use crate::util::{self, grub_boots, ok, on, Device};
+use bootctl::{SlotAttrs, SlotId};
 use std::path::PathBuf;
 use updater::history::History;
 use updater::payload::VerifiedPrelude;
@@ -95,24 +95,6 @@ fn configure(dev: &Device, url: &str, extra: &str) {
     dev.write_root_file("etc/machine-id", "4b1d0c2a8e3f4c1b9a7d6e5f4c3b2a19\n");
 }
 
-fn agent(dev: &Device, booted: &str, version: &str, args: &[&str]) -> std::process::Output {
-    dev.write_root_file(
-        "usr/lib/os-release",
-        &format!("IMAGE_ID=testbox\nIMAGE_VERSION={version}\n"),
-    );
-    dev.command(booted).args(args).output().unwrap()
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn err(out: &std::process::Output) -> String {
     assert!(
         !out.status.success(),
@@ -126,15 +108,6 @@ fn attrs(dev: &Device, id: SlotId) -> SlotAttrs {
     dev.slot(&id).attrs
 }
 
-fn grub_boots(dev: &Device) -> String {
-    let sel = SlotDisk::open(&dev.disk(), true, None)
-        .unwrap()
-        .select(true)
-        .unwrap()
-        .unwrap();
-    sel.slot.label.trim_start_matches("USR-").to_string()
-}
-
 fn image(seed: u32) -> Vec<u8> {
     util::image_bytes(64 * 1024, seed)
 }
@@ -145,7 +118,7 @@ fn the_agent_installs_the_released_version_and_leaves_the_reboot_to_strategy_off
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
     configure(&dev, &tree.url(), "");
-    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(out.contains("installed 2.0 into slot B"), "{out}");
     assert!(out.contains("reboot required"), "{out}");
     assert!(dev.root().join("run/reboot-required").exists());
@@ -158,7 +131,7 @@ fn the_agent_installs_the_released_version_and_leaves_the_reboot_to_strategy_off
         "{prom}"
     );
     // The next cycle sees it staged and does not install it again.
-    let again = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let again = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(again.contains("2.0 is already installed"), "{again}");
 }
 
@@ -169,11 +142,11 @@ fn check_explains_the_decision_and_changes_nothing() {
     tree.release("2.0", &image(2));
     configure(&dev, &tree.url(), "");
     let disk_before = std::fs::read(dev.disk()).unwrap();
-    let out = ok(agent(&dev, "A", "1.0", &["check"]));
+    let out = ok(on(&dev, "A", "1.0", &["check"]));
     assert!(out.contains("target: 2.0"), "{out}");
     assert!(out.contains("serial 2"), "{out}");
     let json: serde_json::Value =
-        serde_json::from_str(ok(agent(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
+        serde_json::from_str(ok(on(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
     assert_eq!(json["decision"]["outcome"], "update");
     assert!(std::fs::read(dev.disk()).unwrap() == disk_before);
     assert!(!dev.root().join("var/lib/updater/agent.json").exists());
@@ -185,12 +158,12 @@ fn the_full_cycle_commits_and_a_failed_version_is_never_retried_but_a_newer_one_
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
     configure(&dev, &tree.url(), "");
-    ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert_eq!(grub_boots(&dev), "B");
-    ok(agent(&dev, "B", "2.0", &["health", "--no-reboot"]));
+    ok(on(&dev, "B", "2.0", &["health", "--no-reboot"]));
     // v3 fails its health check on B's successor (A) and rolls back.
     tree.release("3.0", &image(3));
-    ok(agent(&dev, "B", "2.0", &["agent", "--once"]));
+    ok(on(&dev, "B", "2.0", &["agent", "--once"]));
     assert_eq!(grub_boots(&dev), "A");
     dev.write_root_file("etc/updater/health.d/10-app", "#!/bin/sh\nexit 1\n");
     use std::os::unix::fs::PermissionsExt;
@@ -199,11 +172,11 @@ fn the_full_cycle_commits_and_a_failed_version_is_never_retried_but_a_newer_one_
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let out = agent(&dev, "A", "3.0", &["health", "--no-reboot"]);
+    let out = on(&dev, "A", "3.0", &["health", "--no-reboot"]);
     assert!(!out.status.success());
     std::fs::remove_file(dev.root().join("etc/updater/health.d/10-app")).unwrap();
     assert_eq!(grub_boots(&dev), "B");
-    let out = ok(agent(&dev, "B", "2.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "B", "2.0", &["agent", "--once"]));
     assert!(out.contains("3.0: failed on this box before"), "{out}");
     assert_eq!(
         attrs(&dev, SlotId::A),
@@ -211,7 +184,7 @@ fn the_full_cycle_commits_and_a_failed_version_is_never_retried_but_a_newer_one_
         "3.0 not retried"
     );
     tree.release("4.0", &image(4));
-    let out = ok(agent(&dev, "B", "2.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "B", "2.0", &["agent", "--once"]));
     assert!(out.contains("installed 4.0 into slot A"), "{out}");
 }
 
@@ -221,9 +194,9 @@ fn a_newer_release_restages_over_a_pending_one() {
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
     configure(&dev, &tree.url(), "");
-    ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     tree.release("3.0", &image(3));
-    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(out.contains("installed 3.0 into slot B"), "{out}");
     assert!(dev.slot_bytes(&SlotId::B)[..image(3).len()] == image(3)[..]);
 }
@@ -234,11 +207,11 @@ fn nothing_happens_while_the_booted_slot_is_not_committed() {
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
     configure(&dev, &tree.url(), "");
-    ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert_eq!(grub_boots(&dev), "B");
     tree.release("3.0", &image(3));
     let a_before = dev.slot_bytes(&SlotId::A);
-    let out = ok(agent(&dev, "B", "2.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "B", "2.0", &["agent", "--once"]));
     assert!(
         out.contains("waiting: the booted slot is not committed"),
         "{out}"
@@ -293,7 +266,7 @@ fn refused_streams_change_nothing_and_say_why() {
         configure(&dev, &tree.url(), "");
         tamper(&mut tree);
         let disk_before = std::fs::read(dev.disk()).unwrap();
-        let e = err(&agent(&dev, "A", "1.0", &["agent", "--once"]));
+        let e = err(&on(&dev, "A", "1.0", &["agent", "--once"]));
         assert!(e.contains(want), "{name}: {e}");
         assert!(
             std::fs::read(dev.disk()).unwrap() == disk_before,
@@ -313,11 +286,11 @@ fn a_replayed_older_stream_is_refused() {
         std::fs::read(tree.dir.join("stable/stream.json.sig")).unwrap(),
     );
     tree.edit(|s| s.pull("2.0").unwrap());
-    ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default(), "2.0 pulled");
     std::fs::write(tree.dir.join("stable/stream.json"), &old.0).unwrap();
     std::fs::write(tree.dir.join("stable/stream.json.sig"), &old.1).unwrap();
-    let e = err(&agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let e = err(&on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(e.contains("serial 2") && e.contains("3"), "{e}");
     assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
     let st: serde_json::Value = serde_json::from_slice(
@@ -335,10 +308,10 @@ fn pause_and_barrier_hold_the_box_back() {
     tree.release("3.0", &image(3));
     tree.edit(|s| s.mark_barrier("2.0").unwrap());
     configure(&dev, &tree.url(), "");
-    let out = ok(agent(&dev, "A", "1.0", &["check"]));
+    let out = ok(on(&dev, "A", "1.0", &["check"]));
     assert!(out.contains("target: 2.0"), "barrier first: {out}");
     tree.edit(|s| s.set_paused("2.0", true).unwrap());
-    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(out.contains("no target"), "{out}");
     assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
 }
@@ -357,7 +330,7 @@ fn periodic_strategy_defers_the_reboot_outside_its_window() {
     );
     dev.write_root_file("etc/updater/config.d/60-reboot.toml", &window);
     configure(&dev, &tree.url(), "");
-    let out = ok(agent(&dev, "A", "1.0", &["--json", "agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["--json", "agent", "--once"]));
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["finalize"]["reboot"], "deferred", "{json}");
     assert!(json["finalize"]["next_window"][0].as_i64().unwrap() > now() as i64);
@@ -377,7 +350,7 @@ fn status_keeps_the_failed_list_the_agent_reads() {
             ..Default::default()
         })
         .unwrap();
-    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(out.contains("2.0: failed on this box before"), "{out}");
     assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
 }
@@ -460,11 +433,11 @@ fn over_http_from_nginx_the_agent_installs_and_the_next_poll_is_not_modified() {
     tree.release("2.0", &image(2));
     let nginx = Nginx::serve(&tree.dir);
     configure(&dev, &nginx.url("stable/stream.json"), "");
-    let out = ok(agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(out.contains("installed 2.0 into slot B"), "{out}");
     assert!(dev.slot_bytes(&SlotId::B)[..image(2).len()] == image(2)[..]);
     let json: serde_json::Value =
-        serde_json::from_str(ok(agent(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
+        serde_json::from_str(ok(on(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
     assert_eq!(json["not_modified"], true, "{json}");
     assert!(
         nginx
@@ -476,7 +449,7 @@ fn over_http_from_nginx_the_agent_installs_and_the_next_poll_is_not_modified() {
     // A new serial is fetched again.
     tree.release("3.0", &image(3));
     let json: serde_json::Value =
-        serde_json::from_str(ok(agent(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
+        serde_json::from_str(ok(on(&dev, "A", "1.0", &["--json", "check"])).trim()).unwrap();
     assert_eq!(json["not_modified"], false, "{json}");
     assert_eq!(json["serial"], 3);
 }
@@ -492,10 +465,10 @@ fn a_server_that_is_down_changes_nothing_and_says_why() {
     };
     configure(&dev, &url, "");
     let disk_before = std::fs::read(dev.disk()).unwrap();
-    let e = err(&agent(&dev, "A", "1.0", &["agent", "--once"]));
+    let e = err(&on(&dev, "A", "1.0", &["agent", "--once"]));
     assert!(e.contains("fetching http://127.0.0.1:"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(std::fs::read(dev.disk()).unwrap() == disk_before);
-    let status = ok(agent(&dev, "A", "1.0", &["status"]));
+    let status = ok(on(&dev, "A", "1.0", &["status"]));
     assert!(status.contains("FAILED: fetching"), "{status}");
 }

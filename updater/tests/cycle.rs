@@ -1,63 +1,9 @@
 //! The whole cycle on a host through the `updater` binary: install, a GRUB boot (bootctl's
 //! rule), health checks, commit or roll back, status, and a failed version never installed again.
-use crate::util::{self, Device};
-use bootctl::{SlotDisk, SlotId};
-use std::os::unix::fs::PermissionsExt;
+use crate::util::{check, grub_boots, ok, on, payload, stdout, Device};
+use bootctl::SlotId;
 use updater::history::{FailedVersion, History};
 use updater::state::StateDir;
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
-}
-
-/// Runs `updater` as the device booted from `booted` (its os-release says `version`).
-fn on(dev: &Device, booted: &str, version: &str, args: &[&str]) -> std::process::Output {
-    dev.write_root_file(
-        "usr/lib/os-release",
-        &format!("IMAGE_ID=testbox\nIMAGE_VERSION={version}\n"),
-    );
-    dev.command(booted).args(args).output().unwrap()
-}
-
-/// What GRUB does at the reboot: apply the rule with its tries decrement.
-fn grub_boots(dev: &Device) -> String {
-    let sel = SlotDisk::open(&dev.disk(), true, None)
-        .unwrap()
-        .select(true)
-        .unwrap()
-        .unwrap();
-    sel.slot.label.trim_start_matches("USR-").to_string()
-}
-
-fn check(dev: &Device, name: &str, body: &str) {
-    dev.write_root_file(
-        &format!("etc/updater/health.d/{name}"),
-        &format!("#!/bin/sh\n{body}\n"),
-    );
-    std::fs::set_permissions(
-        dev.root().join("etc/updater/health.d").join(name),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-}
-
-fn payload(dev: &Device, version: &str) -> String {
-    let p = dev.payload(
-        version,
-        &util::parts(&util::good_image(), version).assemble(&[util::test_key()]),
-    );
-    p.to_str().unwrap().to_string()
-}
 
 #[test]
 fn install_reboot_healthy_commit_keeps_the_old_slot_as_fallback() {

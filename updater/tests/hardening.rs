@@ -1,49 +1,19 @@
 //! Regression tests of issue 14 (hardening before the box updates itself), through the
 //! `updater` binary and the library's install stages: each names the defect it pins down.
-use crate::util::{self, Device};
+use crate::install::options;
+use crate::util::{self, grub_boots, ok, on, payload, Device};
 use bootctl::gpt::{self, Entry};
 use bootctl::storage::FileDisk;
 use bootctl::{SlotAttrs, SlotDisk, SlotId};
 use std::time::Duration;
 use updater::history::History;
-use updater::install::{self, InstallOptions, NoProgress};
+use updater::install::{self, NoProgress};
 use updater::lock::UpdaterLock;
-use updater::source::{FileSource, RetryPolicy};
+use updater::source::FileSource;
 use updater::state::{StateDir, PENDING};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `updater` as the device booted from `booted` (its os-release says `version`).
-fn on(dev: &Device, booted: &str, version: &str, args: &[&str]) -> std::process::Output {
-    dev.write_root_file(
-        "usr/lib/os-release",
-        &format!("IMAGE_ID=testbox\nIMAGE_VERSION={version}\n"),
-    );
-    dev.command(booted).args(args).output().unwrap()
-}
-
-fn payload(dev: &Device, version: &str) -> String {
-    let p = dev.payload(
-        version,
-        &util::parts(&util::good_image(), version).assemble(&[util::test_key()]),
-    );
-    p.to_str().unwrap().to_string()
-}
-
-fn grub_boots(dev: &Device) -> String {
-    let sel = SlotDisk::open(&dev.disk(), true, None)
-        .unwrap()
-        .select(true)
-        .unwrap()
-        .unwrap();
-    sel.slot.label.trim_start_matches("USR-").to_string()
 }
 
 fn attrs(dev: &Device, id: SlotId) -> SlotAttrs {
@@ -64,24 +34,6 @@ fn failed_versions(dev: &Device) -> Vec<String> {
 fn booted_b_on_trial(dev: &Device) {
     ok(on(dev, "A", "1.0", &["install", &payload(dev, "2.0")]));
     assert_eq!(grub_boots(dev), "B");
-}
-
-fn options() -> InstallOptions {
-    InstallOptions {
-        allow_downgrade: false,
-        allow_failed: false,
-        flip: true,
-        tries: 1,
-        now: 1_800_000_000,
-        threads: 2,
-        checkpoint_bytes: 4096,
-        retry: RetryPolicy {
-            attempts: 1,
-            ..RetryPolicy::default()
-        },
-        force: false,
-        lock_wait: Duration::ZERO,
-    }
 }
 
 // Defect 1: install over an uncommitted boot destroys the only fallback.

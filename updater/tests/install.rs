@@ -274,7 +274,8 @@ impl Source for FlakySource {
     }
 }
 
-fn options() -> InstallOptions {
+/// Install options of these tests: one attempt, 4 KiB checkpoints, no lock wait.
+pub(crate) fn options() -> InstallOptions {
     InstallOptions {
         allow_downgrade: false,
         allow_failed: false,

@@ -433,3 +433,58 @@ pub fn bad_payloads() -> Vec<BadCase> {
     }
     cases
 }
+
+// Running the binary as a device (shared by cycle.rs, hardening.rs and agent.rs).
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
+/// Runs `updater` as the device booted from `booted` (its os-release says `version`).
+pub fn on(dev: &Device, booted: &str, version: &str, args: &[&str]) -> std::process::Output {
+    dev.write_root_file(
+        "usr/lib/os-release",
+        &format!("IMAGE_ID=testbox\nIMAGE_VERSION={version}\n"),
+    );
+    dev.command(booted).args(args).output().unwrap()
+}
+
+/// What GRUB does at the reboot: apply the rule with its tries decrement.
+pub fn grub_boots(dev: &Device) -> String {
+    let sel = bootctl::SlotDisk::open(&dev.disk(), true, None)
+        .unwrap()
+        .select(true)
+        .unwrap()
+        .unwrap();
+    sel.slot.label.trim_start_matches("USR-").to_string()
+}
+
+pub fn check(dev: &Device, name: &str, body: &str) {
+    dev.write_root_file(
+        &format!("etc/updater/health.d/{name}"),
+        &format!("#!/bin/sh\n{body}\n"),
+    );
+    std::fs::set_permissions(
+        dev.root().join("etc/updater/health.d").join(name),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+pub fn payload(dev: &Device, version: &str) -> String {
+    let p = dev.payload(
+        version,
+        &parts(&good_image(), version).assemble(&[test_key()]),
+    );
+    p.to_str().unwrap().to_string()
+}
