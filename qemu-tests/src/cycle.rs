@@ -10,8 +10,9 @@
 //!   adds [`CHECK_FAILING`]; v4's init ([`V4_INIT`]) exits at once, so the kernel panics and
 //!   `panic=5` on GRUB's command line reboots. The signing key is made by image-tools' keygen
 //!   when the entry is built: test keys live in the test cache only, never in the repository.
-//! - [`CycleImages::payloads_disk`]: an ext4 image holding `v2.payload` … `v4.payload`,
-//!   attached read-only as `/dev/vdb` and mounted at [`PAYLOADS_MOUNT`]. A filesystem rather
+//! - [`CycleImages::payloads_disk`]: an ext4 image holding `v2.payload` … `v4.payload` and
+//!   the release streams [`STREAMS`] (made with `image-tools publish`), attached read-only as
+//!   `/dev/vdb` and mounted at [`PAYLOADS_MOUNT`]. A filesystem rather
 //!   than a raw payload as the disk: a virtio disk is a whole number of sectors, and the
 //!   updater rightly refuses the padding after the last frame as trailing data.
 //! - [`CycleDisk`]: a fresh bootable disk (v1 in USR-A) and what bootctl reads on it.
@@ -145,7 +146,8 @@ impl CycleImages {
             .file(&os.initramfs)?
             .file(&os.busybox)?
             .file(&os.updater)?
-            .text(USR_INIT);
+            .text(USR_INIT)
+            .text(&format!("{STREAMS:?} {STREAM_EPOCH}"));
         for v in ["1", "2", "3", "4"] {
             for (path, mode, content) in usr_spec(v, b"").files {
                 key = key.text(&path).text(&mode.to_string()).bytes(&content);
@@ -204,6 +206,35 @@ fn build_entry(os: &TestOs, dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("reading size of {}", out.display()))?
             .len();
     }
+    // Release streams of the agent scenario: `streams/N` is the tree a publisher holds once
+    // it has published v2 … vN (each release open to every box), signed with the test key.
+    for (n, versions) in STREAMS {
+        let tree = payloads.join("streams").join(n);
+        let key = dir.join("test-signing.key");
+        let (root, key) = (tree.to_str().unwrap_or(""), key.to_str().unwrap_or(""));
+        publish(
+            &["init", root, "--channel", "stable", "--expires-in", "520w"],
+            key,
+        )
+        .with_context(|| format!("publishing stream {n}"))?;
+        for v in *versions {
+            let payload = payloads.join(format!("v{v}.payload"));
+            let payload = payload.to_str().unwrap_or("");
+            let tree_args = ["--root", root, "--channel", "stable"];
+            publish(&[&["add", payload][..], &tree_args].concat(), key)
+                .with_context(|| format!("adding v{v} to stream {n}"))?;
+            publish(
+                &[
+                    &["rollout", v, "--start", STREAM_EPOCH, "--duration", "0s"][..],
+                    &tree_args,
+                ]
+                .concat(),
+                key,
+            )
+            .with_context(|| format!("rolling out v{v} in stream {n}"))?;
+        }
+    }
+    let total: u64 = total * 4;
     // ext4 without a journal: mounted read-only from a read-only disk, nothing to replay.
     let image = dir.join("payloads.img");
     let mib = total / (1 << 20) + total / (4 << 20) + 8;
@@ -223,6 +254,30 @@ fn build_entry(os: &TestOs, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The streams on the payloads disk: `streams/N` lists these versions.
+pub const STREAMS: &[(&str, &[&str])] =
+    &[("2", &["2"]), ("3", &["2", "3"]), ("4", &["2", "3", "4"])];
+
+/// The time the cycle streams are made and their rollouts start (fixed: the entry is cached).
+const STREAM_EPOCH: &str = "@1767225600";
+
+/// Runs `image-tools publish ARGS --key KEY --now STREAM_EPOCH` in-process.
+fn publish(args: &[&str], key: &str) -> anyhow::Result<()> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Publish {
+        #[command(flatten)]
+        cmd: image_tools::publish::PublishCmd,
+    }
+    let mut argv = vec!["publish"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--key", key, "--now", STREAM_EPOCH]);
+    Publish::try_parse_from(&argv)
+        .with_context(|| format!("parsing publish {argv:?}"))?
+        .cmd
+        .run()
 }
 
 /// Runs `image-tools pack --image IMAGE --key KEY -o OUT` in-process, through its own
@@ -474,7 +529,13 @@ impl Guest {
     /// Waits for the next boot of the same machine (after a reboot the guest asked for, a
     /// panic, or [`Machine::reboot`]) and for the test OS to be ready again.
     pub fn wait_next_boot(&mut self) -> anyhow::Result<&Booted> {
-        self.booted = self.vm.wait_booted(BOOT_TIMEOUT)?;
+        self.wait_next_boot_within(BOOT_TIMEOUT)
+    }
+
+    /// [`Guest::wait_next_boot`], with the boot allowed to start up to `timeout` from now (an
+    /// agent installing an update before it reboots).
+    pub fn wait_next_boot_within(&mut self, timeout: Duration) -> anyhow::Result<&Booted> {
+        self.booted = self.vm.wait_booted(timeout)?;
         self.vm.wait_for(READY_MARKER, BOOT_TIMEOUT)?;
         self.run_ok(&format!(
             "mkdir -p {PAYLOADS_MOUNT} && mount -t ext4 -o ro /dev/vdb {PAYLOADS_MOUNT}"
