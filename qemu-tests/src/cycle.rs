@@ -500,6 +500,12 @@ pub struct Guest {
     name: String,
 }
 
+/// The agent's configuration an admin drops into the guest's ROOT, and its boot hook.
+const AGENT_SETUP: &str = "mkdir -p /etc/updater/config.d /etc/testos/boot.d /var/lib && \
+printf '[agent]\\nstream_url = \"file:///var/lib/testos-updates/stable/stream.json\"\\ninterval_secs = 2\\njitter_secs = 0\\nrollout_wariness = 0.0\\n' > /etc/updater/config.d/60-agent.toml && \
+printf '#!/usr/bin/sh\\n/usr/bin/updater --disk /dev/vda agent </dev/null >>/run/updater-agent.log 2>&1 &\\n' > /etc/testos/boot.d/60-updater-agent && \
+chmod 755 /etc/testos/boot.d/60-updater-agent && sync";
+
 /// `updater` with the guest's disk named (no udev in the test OS).
 const UPDATER: &str = "updater --disk /dev/vda";
 
@@ -541,6 +547,25 @@ impl Guest {
             "mkdir -p {PAYLOADS_MOUNT} && mount -t ext4 -o ro /dev/vdb {PAYLOADS_MOUNT}"
         ))?;
         Ok(&self.booted)
+    }
+
+    /// Turns the update agent on, as an admin would: its configuration in `/etc` (the stream
+    /// is the local mirror `file:///var/lib/testos-updates/stable/stream.json`, polled every
+    /// 2 s, rollout position 0) and its boot hook (the test OS's form of
+    /// `updater-agent.service`), started once now; every later boot starts it from init.
+    pub fn enable_agent(&mut self) -> anyhow::Result<()> {
+        self.run_ok(AGENT_SETUP)?;
+        self.run_ok("/etc/testos/boot.d/60-updater-agent")?;
+        Ok(())
+    }
+
+    /// The publisher makes stream `n` of [`STREAMS`] current on the box's local mirror (one
+    /// atomic symlink swap). An agent that is on picks it up at its next poll.
+    pub fn publish(&mut self, n: &str) -> anyhow::Result<()> {
+        self.run_ok(&format!(
+            "ln -sfn {PAYLOADS_MOUNT}/streams/{n} /var/lib/testos-updates.new && mv -T /var/lib/testos-updates.new /var/lib/testos-updates && sync"
+        ))?;
+        Ok(())
     }
 
     /// Runs a command that must succeed; returns its output.

@@ -11,8 +11,7 @@ use anyhow::bail;
 use bootctl::{SlotAttrs, SlotId};
 use qemu_tests::cycle::{
     machine_config, CycleDisk, CycleImages, Guest, BOOT_TIMEOUT, FAILING_CHECK_MESSAGE,
-    FAILING_CHECK_NAME, HEALTH_HOOK_MARKER, INSTALL_TIMEOUT, PANIC_MARKER, PAYLOADS_MOUNT,
-    V4_MARKER,
+    FAILING_CHECK_NAME, HEALTH_HOOK_MARKER, INSTALL_TIMEOUT, PANIC_MARKER, V4_MARKER,
 };
 use qemu_tests::machine::{Firmware, Machine};
 use std::time::Instant;
@@ -435,40 +434,23 @@ fn manual_rollback_goes_to_the_committed_fallback_and_back() -> anyhow::Result<(
     Ok(())
 }
 
-/// The agent's configuration the admin drops into the guest's ROOT, and its boot hook (the
-/// test OS's form of `updater-agent.service`, from `updater/dist/inittab.updater`).
-const AGENT_SETUP: &str = "mkdir -p /etc/updater/config.d /etc/testos/boot.d /var/lib && \
-printf '[agent]\\nstream_url = \"file:///var/lib/testos-updates/stable/stream.json\"\\ninterval_secs = 2\\njitter_secs = 0\\nrollout_wariness = 0.0\\n' > /etc/updater/config.d/60-agent.toml && \
-printf '#!/usr/bin/sh\\n/usr/bin/updater --disk /dev/vda agent </dev/null >>/run/updater-agent.log 2>&1 &\\n' > /etc/testos/boot.d/60-updater-agent && \
-chmod 755 /etc/testos/boot.d/60-updater-agent && sync";
-
-/// The publisher makes stream `n` current: the box polls a local mirror, swapped atomically.
-fn publish(g: &mut Guest, n: &str) -> anyhow::Result<()> {
-    g.run_ok(&format!(
-        "ln -sfn {PAYLOADS_MOUNT}/streams/{n} /var/lib/testos-updates.new && mv -T /var/lib/testos-updates.new /var/lib/testos-updates && sync"
-    ))?;
-    Ok(())
-}
-
 #[test]
 fn the_agent_in_the_guest_updates_the_box_by_itself() -> anyhow::Result<()> {
     let s = Scenario::new("agent")?;
     let a = s.disk.partuuid(&SlotId::A)?;
     let b = s.disk.partuuid(&SlotId::B)?;
     let mut g = s.boot("v1 on A")?;
-    g.run_ok(AGENT_SETUP)?;
-    // Enabled and started once; every later boot starts it from init.
-    g.run_ok("/etc/testos/boot.d/60-updater-agent")?;
+    g.enable_agent()?;
 
     // v2 published: the agent installs it, reboots (strategy immediate), health commits it.
-    publish(&mut g, "2")?;
+    g.publish("2")?;
     let v2 = g.wait_next_boot_within(INSTALL_TIMEOUT)?.clone();
     assert_eq!((v2.version.as_str(), &v2.usr_partuuid), ("2", &b));
     let st = g.status()?;
     assert_eq!(st.slot("B")?.attrs(), attrs(2, 0, true), "v2 committed");
 
     // v3 (failing check) published: installed, booted, rolled back by its health check.
-    publish(&mut g, "3")?;
+    g.publish("3")?;
     let v3 = g.vm.wait_booted(INSTALL_TIMEOUT)?;
     assert_eq!((v3.version.as_str(), &v3.usr_partuuid), ("3", &a));
     let back = g.wait_next_boot()?.clone();
@@ -487,7 +469,7 @@ fn the_agent_in_the_guest_updates_the_box_by_itself() -> anyhow::Result<()> {
     assert!(log.contains("3.0") || log.contains("\"3\""), "{log}");
 
     // v4 published next: installed (it never comes up, and the box says so).
-    publish(&mut g, "4")?;
+    g.publish("4")?;
     g.vm.wait_for(V4_MARKER, INSTALL_TIMEOUT)?;
     let back = g.wait_next_boot()?.clone();
     assert_eq!((back.version.as_str(), &back.usr_partuuid), ("2", &b));

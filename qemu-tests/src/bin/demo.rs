@@ -1,14 +1,17 @@
 //! `demo`: the update cycle narrated, in QEMU (`scripts/demo.sh` builds and runs it).
 //!
-//! v1 on slot A → install v2 → reboot → health passes → committed; then v3, whose health
-//! check fails → the updater marks it bad and reboots → GRUB falls back to v2. `updater status`
-//! is printed at each step with a line saying what happened. Exit status 0 when the machine
+//! Publish, and the box updates itself: v1 on slot A with the update agent on → the publisher
+//! publishes v2 → the agent installs it and reboots → health passes → committed; then v3,
+//! whose health check fails → the updater marks it bad and reboots → GRUB falls back to v2,
+//! and neither the agent nor a manual install takes v3 again. `updater status` is printed at
+//! each step with a line saying what happened. Exit status 0 when the machine
 //! ends on v2 with v3 recorded as failed, 1 otherwise (the error says which step), 2 on a usage
 //! error.
 use anyhow::{ensure, Context};
 use clap::Parser;
 use qemu_tests::cycle::{
     CycleDisk, CycleImages, Guest, BOOT_TIMEOUT, FAILING_CHECK_NAME, HEALTH_HOOK_MARKER,
+    INSTALL_TIMEOUT,
 };
 use qemu_tests::machine::Firmware;
 use std::process::ExitCode;
@@ -89,39 +92,36 @@ fn run(cmd: &DemoCmd) -> anyhow::Result<ExitCode> {
 
     step(
         2,
-        "install v2 from the payload disk into the passive slot B",
+        "turn the update agent on: it polls the release stream of a local mirror",
     );
-    println!("  $ {}", Guest::install_command("2"));
-    show(&g.install("2")?);
-    say("signature, version and every chunk were verified before writing and read back after; B boots next with one try (P2 T1 S0), A is untouched");
-    status(&mut g)?;
+    say("/etc/updater/config.d/60-agent.toml: [agent] stream_url = \"file:///var/lib/testos-updates/stable/stream.json\", every 2 s; [reboot] strategy = \"immediate\" (vendor config)");
+    g.enable_agent()?;
 
     step(
         3,
-        "reboot: GRUB's gptprio picks B, `updater health` runs the checks at boot",
+        "the publisher publishes v2 (image-tools publish add + rollout); nobody touches the box",
     );
-    let booted = g.reboot()?.clone();
+    g.publish("2")?;
+    say("the agent verifies the signed stream, picks v2, installs it into slot B through `updater install`'s stages, and reboots by itself; GRUB's gptprio picks B and `updater health` commits it");
+    let booted = g.wait_next_boot_within(INSTALL_TIMEOUT)?.clone();
     ensure!(
         booted.version == "2",
-        "expected v2 after the reboot, booted {booted:?}"
+        "expected v2 after the agent's reboot, booted {booted:?}"
     );
-    say("GRUB spent B's one try, v2 came up from slot B and its health checks passed: B is committed (S1), A (v1) stays as the fallback");
     status(&mut g)?;
 
     step(
         4,
-        "install v3, whose health check will fail, into the passive slot A",
+        "the publisher publishes v3, whose health check will fail",
     );
-    println!("  $ {}", Guest::install_command("3"));
-    show(&g.install("3")?);
-    status(&mut g)?;
-
-    step(5, "reboot into v3");
-    g.vm.reboot()?;
-    let v3 = g.vm.wait_booted(BOOT_TIMEOUT)?;
-    say(&format!("v3 came up from PARTUUID {}", v3.usr_partuuid));
+    g.publish("3")?;
+    let v3 = g.vm.wait_booted(INSTALL_TIMEOUT)?;
+    say(&format!(
+        "the agent installed v3 into slot A and rebooted; v3 came up from PARTUUID {}",
+        v3.usr_partuuid
+    ));
     g.vm.wait_for(HEALTH_HOOK_MARKER, BOOT_TIMEOUT)?;
-    say("`updater health` runs v3's checks: 50-widget-service fails, so the updater marks the slot bad (priority 0), records why, and reboots by itself (reboot strategy \"immediate\")");
+    say("`updater health` runs v3's checks: 50-widget-service fails, so the updater marks the slot bad (priority 0), records why, and reboots by itself");
     let back = g.wait_next_boot()?.clone();
     ensure!(
         back.version == "2",
@@ -130,7 +130,13 @@ fn run(cmd: &DemoCmd) -> anyhow::Result<ExitCode> {
     say("GRUB picked slot B again: the box is back on v2, and remembers why v3 was rolled back");
     status(&mut g)?;
 
-    step(6, "a failed version is never installed again");
+    step(
+        5,
+        "a failed version is never installed again, by the agent or by hand",
+    );
+    g.run_ok("sleep 6")?;
+    println!("  $ updater --disk /dev/vda check");
+    show(&g.run_ok("updater --disk /dev/vda check")?);
     println!("  $ {}", Guest::install_command("3"));
     let (rc, out) = g.try_install("3")?;
     show(&out);
