@@ -328,7 +328,10 @@ pub fn usr_partuuid(cmdline: &str) -> Result<Option<String>, DeviceError> {
 
 /// Refuses a disk on which two used entries share a PARTUUID: the kernel and udev would
 /// resolve it to either.
-pub fn check_unique_partuuids(disk: &SlotDisk, path: &Path) -> Result<(), DeviceError> {
+pub fn check_unique_partuuids<S: bootctl::storage::Storage>(
+    disk: &SlotDisk<S>,
+    path: &Path,
+) -> Result<(), DeviceError> {
     let entries = disk.gpt().used_entries();
     for (i, (n, e)) in entries.iter().enumerate() {
         if let Some((m, _)) = entries[i + 1..]
@@ -460,6 +463,43 @@ mod tests {
     fn a_mount_usr_that_is_not_a_partuuid_is_refused() {
         let e = usr_partuuid("mount.usr=/dev/vda3").unwrap_err();
         assert!(matches!(e, DeviceError::UnsupportedMountUsr { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_empty_partuuid_is_refused() {
+        let e = usr_partuuid("mount.usr=PARTUUID=").unwrap_err();
+        assert!(matches!(e, DeviceError::UnsupportedMountUsr { .. }), "{e}");
+    }
+
+    #[test]
+    fn two_entries_with_one_partuuid_are_refused_and_distinct_ones_pass() {
+        let mut disk = SlotDisk::from_storage(bootctl::layout::mem_disk(512), None).unwrap();
+        check_unique_partuuids(&disk, Path::new("mem")).unwrap();
+        let a = disk.slot(&SlotId::A).unwrap();
+        let b = disk.slot(&SlotId::B).unwrap();
+        let mut gpt = disk.gpt().clone();
+        let mut e = gpt.entry(b.number);
+        e.unique_guid = a.partuuid;
+        gpt.set_entry(b.number, &e);
+        bootctl::gpt::write(disk.storage_mut(), &gpt).unwrap();
+        let disk = SlotDisk::from_storage(disk.into_storage(), None).unwrap();
+        let err = check_unique_partuuids(&disk, Path::new("mem")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "PARTUUID {} is ambiguous: it is on partitions {} and {} of mem; refusing to guess which is booted",
+                a.partuuid, a.number, b.number
+            )
+        );
+    }
+
+    #[test]
+    fn read_bounded_takes_a_file_of_exactly_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, "x".repeat(16)).unwrap();
+        assert_eq!(read_bounded(&p, 16).unwrap().len(), 16);
+        assert!(read_bounded(&p, 15).is_err());
     }
 
     #[test]
