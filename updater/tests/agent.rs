@@ -1,5 +1,6 @@
-//! The update agent on a host (issue 13): a signed stream tree on disk (`file://`) or served
-//! over HTTP on 127.0.0.1, and `updater check` / `updater agent --once` through the binary.
+//! The update agent on a host (issue 13): a signed stream tree published on disk and served by
+//! a real nginx on 127.0.0.1 (some cases read it as a `file://` URL), and `updater check` /
+//! `updater agent --once` through the binary.
 use crate::util::{self, grub_boots, ok, on, Device};
 use bootctl::{SlotAttrs, SlotId};
 use std::path::PathBuf;
@@ -157,7 +158,8 @@ fn the_full_cycle_commits_and_a_failed_version_is_never_retried_but_a_newer_one_
     let dev = Device::new();
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
-    configure(&dev, &tree.url(), "");
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
     ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     assert_eq!(grub_boots(&dev), "B");
     ok(on(&dev, "B", "2.0", &["health", "--no-reboot"]));
@@ -193,7 +195,8 @@ fn a_newer_release_restages_over_a_pending_one() {
     let dev = Device::new();
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
-    configure(&dev, &tree.url(), "");
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
     ok(on(&dev, "A", "1.0", &["agent", "--once"]));
     tree.release("3.0", &image(3));
     let out = ok(on(&dev, "A", "1.0", &["agent", "--once"]));
@@ -263,7 +266,8 @@ fn refused_streams_change_nothing_and_say_why() {
         let dev = Device::new();
         let mut tree = Tree::new(&dev);
         tree.release("2.0", &image(2));
-        configure(&dev, &tree.url(), "");
+        let nginx = Nginx::serve(&tree.dir);
+        configure(&dev, &nginx.url("stable/stream.json"), "");
         tamper(&mut tree);
         let disk_before = std::fs::read(dev.disk()).unwrap();
         let e = err(&on(&dev, "A", "1.0", &["agent", "--once"]));
@@ -280,7 +284,8 @@ fn a_replayed_older_stream_is_refused() {
     let dev = Device::new();
     let mut tree = Tree::new(&dev);
     tree.release("2.0", &image(2));
-    configure(&dev, &tree.url(), "");
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
     let old = (
         std::fs::read(tree.dir.join("stable/stream.json")).unwrap(),
         std::fs::read(tree.dir.join("stable/stream.json.sig")).unwrap(),
@@ -307,7 +312,8 @@ fn pause_and_barrier_hold_the_box_back() {
     tree.release("2.0", &image(2));
     tree.release("3.0", &image(3));
     tree.edit(|s| s.mark_barrier("2.0").unwrap());
-    configure(&dev, &tree.url(), "");
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
     let out = ok(on(&dev, "A", "1.0", &["check"]));
     assert!(out.contains("target: 2.0"), "barrier first: {out}");
     tree.edit(|s| s.set_paused("2.0", true).unwrap());
@@ -329,7 +335,8 @@ fn periodic_strategy_defers_the_reboot_outside_its_window() {
         (at % 3600) / 60
     );
     dev.write_root_file("etc/updater/config.d/60-reboot.toml", &window);
-    configure(&dev, &tree.url(), "");
+    let nginx = Nginx::serve(&tree.dir);
+    configure(&dev, &nginx.url("stable/stream.json"), "");
     let out = ok(on(&dev, "A", "1.0", &["--json", "agent", "--once"]));
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["finalize"]["reboot"], "deferred", "{json}");
