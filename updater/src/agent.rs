@@ -261,7 +261,9 @@ impl Agent {
             .as_ref()
             .filter(|(u, _)| *u == url)
             .map(|(_, e)| e.clone());
-        let fetched = fetch(&url, etag.as_deref(), &self.state, &channel)?;
+        // The stream is small: the download deadline, capped at a minute, bounds each request.
+        let timeout = self.settings.download.deadline.min(Duration::from_secs(60));
+        let fetched = fetch(&url, etag.as_deref(), &self.state, &channel, timeout)?;
         let verified = stream::verify(
             &fetched.stream,
             &fetched.signature,
@@ -682,13 +684,15 @@ pub fn open_source(location: &str) -> anyhow::Result<Box<dyn Source>> {
 }
 
 /// Fetches `stream.json` and its `.sig` from `url` (http(s) with `If-None-Match: etag`, a
-/// `file://` URL or a path), each bounded in size. A 304 answer returns the cached copy of
-/// `channel`'s last accepted stream.
+/// `file://` URL or a path), each bounded in size, each HTTP request within `timeout` (a
+/// stalled server cannot hold the agent). A 304 answer returns the cached copy of `channel`'s
+/// last accepted stream.
 pub fn fetch(
     url: &str,
     etag: Option<&str>,
     state: &StateDir,
     channel: &str,
+    timeout: Duration,
 ) -> anyhow::Result<Fetched> {
     let sig_url = format!("{url}.sig");
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -709,8 +713,8 @@ pub fn fetch(
         });
     }
     let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60))
+        .timeout_connect(timeout.min(Duration::from_secs(15)))
+        .timeout(timeout)
         .try_proxy_from_env(true)
         .redirects(0)
         .build();

@@ -479,3 +479,33 @@ fn a_server_that_is_down_changes_nothing_and_says_why() {
     let status = ok(on(&dev, "A", "1.0", &["status"]));
     assert!(status.contains("FAILED: fetching"), "{status}");
 }
+
+#[test]
+fn a_stalled_server_is_cut_off_by_the_download_deadline() {
+    let dev = Device::new();
+    // Accepts connections and never answers.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in server.incoming().take(2) {
+            held.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    configure(
+        &dev,
+        &format!("http://127.0.0.1:{port}/stable/stream.json"),
+        "[download]\ndeadline_secs = 2\n",
+    );
+    let started = std::time::Instant::now();
+    let e = err(&on(&dev, "A", "1.0", &["agent", "--once"]));
+    assert!(e.contains("fetching http://127.0.0.1:"), "{e}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "not cut off: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(attrs(&dev, SlotId::B), SlotAttrs::default());
+    drop(hold);
+}
