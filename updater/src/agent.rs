@@ -662,8 +662,7 @@ fn cache_names(channel: &str) -> (String, String) {
 fn store_cache(state: &StateDir, channel: &str, f: &Fetched) -> anyhow::Result<()> {
     let (s, sig) = cache_names(channel);
     for (name, bytes) in [(s, &f.stream), (sig, &f.signature)] {
-        let p = state.path(&name);
-        write_atomic(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        state.store_bytes(&name, bytes)?;
     }
     Ok(())
 }

@@ -455,6 +455,14 @@ impl StateDir {
                 max: MAX_STATE_FILE_LEN,
             });
         }
+        self.store_bytes(name, &text)
+    }
+
+    /// Writes `bytes` as the file `name` of the state directory atomically (unique temporary
+    /// file, fsync, rename, fsync of the directory): for files that are not JSON state, such as
+    /// the agent's cached copy of the last accepted stream.
+    pub fn store_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.path(name);
         let io = |action, path: &Path| {
             let path = path.to_owned();
             move |source| StateError::Io {
@@ -467,7 +475,7 @@ impl StateDir {
         self.sweep_stale_temps();
         let (tmp, mut file) = self.create_temp(name)?;
         let mut publish = || {
-            file.write_all(&text).map_err(io("writing", &tmp))?;
+            file.write_all(bytes).map_err(io("writing", &tmp))?;
             file.sync_all().map_err(io("syncing", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(io("renaming", &path))
         };
