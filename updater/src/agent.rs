@@ -433,10 +433,7 @@ impl Agent {
     }
 
     fn windows(&self) -> anyhow::Result<MaintenanceWindows> {
-        Ok(MaintenanceWindows::new(
-            &self.settings.time_zone,
-            &self.settings.windows,
-        )?)
+        Ok(self.settings.windows()?)
     }
 
     fn install(
@@ -475,16 +472,12 @@ impl Agent {
         if no_reboot {
             return Ok(Finalize::Skipped);
         }
-        let allowed = match self.settings.reboot {
-            RebootStrategy::Off => false,
-            RebootStrategy::Immediate => true,
-            RebootStrategy::Periodic => self.windows().is_ok_and(|w| w.is_open(now as i64)),
-        };
+        let allowed = self.settings.reboot_allowed(now as i64);
         if allowed && self.dev.is_live() {
             return Ok(Finalize::Rebooting);
         }
         let marker = self.dev.reboot_marker();
-        write_marker(&marker)?;
+        crate::cycle::write_reboot_marker(&marker)?;
         Ok(match self.settings.reboot {
             RebootStrategy::Periodic if !allowed => Finalize::Deferred {
                 marker,
@@ -496,9 +489,7 @@ impl Agent {
 
     /// Reboots the machine now (after [`Finalize::Rebooting`] was reported).
     pub fn reboot_now(&self) -> anyhow::Result<()> {
-        nix::unistd::sync();
-        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
-        Ok(())
+        crate::cycle::reboot_now()
     }
 
     /// The long-running agent: a cycle, then a sleep of the interval plus jitter, forever.
@@ -624,13 +615,6 @@ fn random_unit() -> f64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now());
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn write_marker(marker: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = marker.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(marker, b"updater\n").with_context(|| format!("writing {}", marker.display()))
 }
 
 /// Writes `bytes` to `path` atomically (unique temporary file, fsync, rename, fsync dir).

@@ -367,6 +367,21 @@ impl Settings {
         }
     }
 
+    /// The maintenance windows of `[reboot.periodic]`.
+    pub fn windows(&self) -> Result<crate::window::MaintenanceWindows, crate::window::WindowError> {
+        crate::window::MaintenanceWindows::new(&self.time_zone, &self.windows)
+    }
+
+    /// Whether `reboot.strategy` allows a reboot at `now` (Unix seconds): never for `off`,
+    /// always for `immediate`, inside a window for `periodic` (no valid window: never).
+    pub fn reboot_allowed(&self, now: i64) -> bool {
+        match self.reboot {
+            RebootStrategy::Off => false,
+            RebootStrategy::Immediate => true,
+            RebootStrategy::Periodic => self.windows().is_ok_and(|w| w.is_open(now)),
+        }
+    }
+
     fn apply_periodic(&mut self, p: &PeriodicFragment, file: &Path) {
         let tz = p
             .time_zone

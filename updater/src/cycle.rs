@@ -23,7 +23,7 @@
 //! never when `--root` is not `/` (a root prefix means a test or an image, not this machine).
 pub use crate::bootstate::slot_name;
 use crate::bootstate::{BootState, BootedState, OtherState};
-use crate::config::{RebootStrategy, Settings};
+use crate::config::Settings;
 use crate::device::{check_unique_partuuids, DeviceSpec};
 use crate::health::{HealthChecks, Limits};
 use crate::history::{now, FailedVersion, FailedVersions, HealthReport, History};
@@ -262,9 +262,7 @@ impl Cycle {
     /// Reboots the machine now: what [`Cycle::reboot`] decided when it said
     /// [`RebootAction::Rebooting`], once the caller has printed why.
     pub fn reboot_now(&self) -> anyhow::Result<()> {
-        nix::unistd::sync();
-        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
-        Ok(())
+        reboot_now()
     }
 
     /// Decides the reboot the strategy allows (see the module doc): writes the marker for
@@ -274,24 +272,11 @@ impl Cycle {
         if no_reboot {
             return Ok(RebootAction::Skipped);
         }
-        let allowed = match self.settings.reboot {
-            RebootStrategy::Off => false,
-            RebootStrategy::Immediate => true,
-            RebootStrategy::Periodic => crate::window::MaintenanceWindows::new(
-                &self.settings.time_zone,
-                &self.settings.windows,
-            )
-            .is_ok_and(|w| w.is_open(now() as i64)),
-        };
-        if allowed && self.dev.is_live() {
+        if self.settings.reboot_allowed(now() as i64) && self.dev.is_live() {
             return Ok(RebootAction::Rebooting);
         }
         let marker = self.dev.reboot_marker();
-        if let Some(dir) = marker.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(&marker, b"updater\n")
-            .with_context(|| format!("writing {}", marker.display()))?;
+        write_reboot_marker(&marker)?;
         Ok(RebootAction::Required { marker })
     }
 
@@ -567,6 +552,21 @@ impl Cycle {
     }
 }
 
+/// Syncs and reboots the machine now.
+pub fn reboot_now() -> anyhow::Result<()> {
+    nix::unistd::sync();
+    nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
+    Ok(())
+}
+
+/// Writes the marker that says a reboot is needed but was not done (`/run/reboot-required`).
+pub fn write_reboot_marker(marker: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(marker, b"updater\n").with_context(|| format!("writing {}", marker.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,7 +741,10 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("50.toml"), "[reboot]\nstrategy = \"immediate\"\n").unwrap();
         let c = r.cycle(SlotId::A, "1");
-        assert_eq!(c.settings().reboot, RebootStrategy::Immediate);
+        assert_eq!(
+            c.settings().reboot,
+            crate::config::RebootStrategy::Immediate
+        );
         assert!(matches!(
             c.reboot(false).unwrap(),
             RebootAction::Required { .. }
