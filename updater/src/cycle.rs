@@ -19,7 +19,7 @@
 //! bad); a commit writes the GPT before the pending record is removed, and a leftover
 //! pending record for a committed booted slot is simply cleared on the next run.
 //!
-//! The machine is rebooted only as [`RebootStrategy`] allows, never with `--no-reboot`, and
+//! The machine is rebooted only as [`crate::config::RebootStrategy`] allows, never with `--no-reboot`, and
 //! never when `--root` is not `/` (a root prefix means a test or an image, not this machine).
 pub use crate::bootstate::slot_name;
 use crate::bootstate::{BootState, BootedState, OtherState};
