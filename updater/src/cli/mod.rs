@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cycle;
+pub mod firstboot;
 pub mod install;
 pub mod progress;
 
