@@ -251,7 +251,7 @@ pub enum FirstbootOutcome {
         completed_at: u64,
     },
     /// The job ran to its end (each step doing what was left).
-    Done(FirstbootReport),
+    Done(Box<FirstbootReport>),
 }
 
 /// Reads the marker; `None` when missing (a damaged one is set aside and counts as missing:
@@ -334,14 +334,14 @@ pub fn run(opts: &FirstbootOptions) -> Result<FirstbootOutcome, FirstbootError> 
             root_bytes: table.root_bytes_after,
         },
     )?;
-    Ok(FirstbootOutcome::Done(FirstbootReport {
+    Ok(FirstbootOutcome::Done(Box::new(FirstbootReport {
         disk: opts.disk.clone(),
         table,
         kernel_resized,
         filesystem,
         oem,
         marker: state.path(FIRSTBOOT_FILE),
-    }))
+    })))
 }
 
 /// Grows ROOT's ext4 to the partition's size: online where mounted, else offline.
@@ -367,12 +367,12 @@ fn grow_filesystem(
         }
         (None, _) if sb.blocks >= target => None,
         (None, Some(p)) => {
-            grow::grow_offline(&p.node.to_string_lossy(), target)?;
+            grow::grow_offline(&p.node, target)?;
             Some(FsMethod::Offline)
         }
         (None, None) => {
-            let target_spec = format!("{}?offset={}", path.display(), table.root_offset());
-            grow::grow_offline(&target_spec, target)?;
+            let lo = grow::LoopDevice::attach(path, table.root_offset(), table.root_bytes_after)?;
+            grow::grow_offline(lo.node(), target)?;
             Some(FsMethod::Offline)
         }
     };

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// Builds the shim once per test process.
-fn shim() -> &'static Path {
+/// Builds the shim once per test process (shared with `firstboot.rs`).
+pub(crate) fn shim() -> &'static Path {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
     SHIM.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("crashsim-{}", std::process::id()));
@@ -57,7 +57,7 @@ fn run<S: AsRef<std::ffi::OsStr>>(
     (out, ops)
 }
 
-fn killed(out: &Output) -> bool {
+pub(crate) fn killed(out: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     out.status.signal() == Some(9)
 }

@@ -2,6 +2,7 @@
 mod agent;
 mod crashpoints;
 mod cycle;
+mod firstboot;
 mod hardening;
 mod health;
 mod http;

@@ -11,8 +11,9 @@
 //!   boot finishes the growth; asking for the size the filesystem already has does nothing.
 //!   No e2fsprogs on the device.
 //! - **Unmounted ROOT: offline.** For an init that runs first boot before mounting ROOT, and
-//!   for disk-image files, [`grow_offline`] runs `e2fsck -f -p` (which `resize2fs` requires, and
-//!   which cleans up after an interrupted earlier attempt) then `resize2fs`. e2fsprogs does not
+//!   for disk-image files (through a [`LoopDevice`]), [`grow_offline`] runs `e2fsck -f -p`
+//!   (which `resize2fs` requires, and which cleans up after an interrupted earlier attempt) then
+//!   `resize2fs`. e2fsprogs does not
 //!   promise that an interrupted offline resize leaves a filesystem e2fsck can repair; the
 //!   online path is the power-cut-safe one, which is why a device image should run first boot
 //!   after mounting ROOT.
@@ -268,15 +269,61 @@ pub fn grow_online(mount_point: &Path, blocks: u64) -> Result<(), FirstbootError
     Ok(())
 }
 
-/// Grows the unmounted ext4 `target` (a device, or `FILE?offset=N` for an image) to `blocks`
-/// blocks: `e2fsck -f -p`, then `resize2fs`.
-pub fn grow_offline(target: &str, blocks: u64) -> Result<(), FirstbootError> {
+/// Grows the unmounted ext4 on the block device `node` to `blocks` blocks: `e2fsck -f -p`,
+/// then `resize2fs`.
+pub fn grow_offline(node: &Path, blocks: u64) -> Result<(), FirstbootError> {
+    let node = node.to_string_lossy();
     // e2fsck -p: 0 clean, 1 errors fixed; anything else needs a human.
-    run_tool("e2fsck", &["-f", "-p", target], &[0, 1])?;
-    run_tool("resize2fs", &[target, &blocks.to_string()], &[0])
+    run_tool("e2fsck", &["-f", "-p", &node], &[0, 1])?;
+    run_tool("resize2fs", &[&node, &blocks.to_string()], &[0])?;
+    Ok(())
 }
 
-fn run_tool(tool: &str, args: &[&str], ok: &[i32]) -> Result<(), FirstbootError> {
+/// A loop device over a byte range of a disk-image file, detached on drop.
+///
+/// Why not `resize2fs 'disk.img?offset=N'`: on a regular file, resize2fs truncates the file
+/// to the new filesystem's size, offset ignored, which would cut off the backup GPT.
+#[derive(Debug)]
+pub struct LoopDevice {
+    node: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `bytes` of `file` from `offset` (`losetup --find --show`).
+    pub fn attach(file: &Path, offset: u64, bytes: u64) -> Result<LoopDevice, FirstbootError> {
+        let file = file.to_string_lossy();
+        let out = run_tool(
+            "losetup",
+            &[
+                "--find",
+                "--show",
+                "--offset",
+                &offset.to_string(),
+                "--sizelimit",
+                &bytes.to_string(),
+                &file,
+            ],
+            &[0],
+        )?;
+        Ok(LoopDevice {
+            node: PathBuf::from(out.trim()),
+        })
+    }
+
+    /// Its device node.
+    pub fn node(&self) -> &Path {
+        &self.node
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = run_tool("losetup", &["--detach", &self.node.to_string_lossy()], &[0]);
+    }
+}
+
+/// Runs a host tool; returns its stdout when its exit code is one of `ok`.
+fn run_tool(tool: &str, args: &[&str], ok: &[i32]) -> Result<String, FirstbootError> {
     let out = Command::new(tool)
         .args(args)
         .env_clear()
@@ -288,7 +335,7 @@ fn run_tool(tool: &str, args: &[&str], ok: &[i32]) -> Result<(), FirstbootError>
             source,
         })?;
     if out.status.code().is_some_and(|c| ok.contains(&c)) {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
