@@ -11,6 +11,7 @@
 //!   line with a timeout, run a command in the guest, power off, power cut; killed and cleaned
 //!   up on drop.
 //! - [`grub`]: the GRUB build with our gptprio module.
+//! - [`firstboot`]: the factory disk and first-boot hook of the first-boot scenario.
 //!
 //! ```
 //! use qemu_tests::machine::{Firmware, MachineConfig};
@@ -24,6 +25,7 @@ pub mod cpio;
 pub mod cycle;
 pub mod disk;
 mod error;
+pub mod firstboot;
 pub mod grub;
 pub mod kernel;
 pub mod machine;
