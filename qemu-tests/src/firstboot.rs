@@ -147,12 +147,11 @@ impl FactoryDisk {
     /// home location (`debugfs`, which does not replay the journal).
     pub fn has_firstboot_marker(&self) -> Result<bool> {
         let target = format!("{}?offset={}", self.path.display(), self.root_offset()?);
-        let mut cmd = Command::new("debugfs");
-        cmd.args(["-R", "cat /var/lib/updater/firstboot.json", &target]);
-        let out = cmd.output().map_err(|e| Error::Command {
-            command: format!("{cmd:?}"),
-            detail: format!("starting it: {e}"),
-        })?;
+        let out = output(Command::new("debugfs").args([
+            "-R",
+            "cat /var/lib/updater/firstboot.json",
+            &target,
+        ]))?;
         Ok(String::from_utf8_lossy(&out.stdout).contains("format_version"))
     }
 
@@ -161,10 +160,7 @@ impl FactoryDisk {
         let target = format!("{}?offset={}", self.path.display(), self.root_offset()?);
         let mut cmd = Command::new("e2fsck");
         cmd.args(["-f", "-n", &target]);
-        let out = cmd.output().map_err(|e| Error::Command {
-            command: format!("{cmd:?}"),
-            detail: format!("starting it: {e}"),
-        })?;
+        let out = output(&mut cmd)?;
         if !out.status.success() {
             return Err(Error::Command {
                 command: format!("{cmd:?}"),
@@ -178,4 +174,12 @@ impl FactoryDisk {
         }
         Ok(())
     }
+}
+
+/// Runs `cmd` and returns its output, whatever its exit status.
+fn output(cmd: &mut Command) -> Result<std::process::Output> {
+    cmd.output().map_err(|e| Error::Command {
+        command: format!("{cmd:?}"),
+        detail: format!("starting it: {e}"),
+    })
 }

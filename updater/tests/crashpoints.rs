@@ -39,18 +39,24 @@ fn run<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
     crash_at: usize,
 ) -> (Output, usize) {
-    let count = dev.path("ops.count");
-    let _ = std::fs::remove_file(&count);
-    let out = dev
-        .command(booted)
+    let mut cmd = dev.command(booted);
+    cmd.args(args);
+    run_with_shim(cmd, &dev.path("ops.count"), crash_at)
+}
+
+/// Runs `cmd` (an updater whose disk is a `.../disk.img`) under the shim, crashing before
+/// operation `crash_at` (0: never), counting operations in `count`. Returns the output and
+/// how many operations the run did.
+pub(crate) fn run_with_shim(mut cmd: Command, count: &Path, crash_at: usize) -> (Output, usize) {
+    let _ = std::fs::remove_file(count);
+    let out = cmd
         .env("LD_PRELOAD", shim())
         .env("CRASH_AT", crash_at.to_string())
-        .env("CRASH_COUNT_FILE", &count)
+        .env("CRASH_COUNT_FILE", count)
         .env("CRASH_DISK_SUFFIX", "/disk.img")
-        .args(args)
         .output()
         .unwrap();
-    let ops = std::fs::read_to_string(&count)
+    let ops = std::fs::read_to_string(count)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);

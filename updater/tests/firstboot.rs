@@ -6,7 +6,7 @@
 //! On an image file ROOT is not mounted, so the filesystem is grown offline (e2fsck + resize2fs
 //! on `disk.img?offset=N`) and the OEM data comes from `--oem-dir`; the online path and the
 //! OEM partition mount are exercised in QEMU (`qemu-tests`, `firstboot::`).
-use crate::crashpoints::{killed, shim};
+use crate::crashpoints::{killed, run_with_shim};
 use bootctl::gpt;
 use bootctl::layout::{self, LayoutSizes};
 use bootctl::storage::FileDisk;
@@ -380,21 +380,7 @@ fn an_oem_filesystem_on_an_image_file_needs_oem_dir() {
 /// Runs firstboot under the crash shim, killed before its `crash_at`-th write, flush or rename
 /// (0: never); returns the output and the number of operations.
 fn run_crashing(f: &Flashed, crash_at: usize) -> (Output, usize) {
-    let count = f.path("ops.count");
-    let _ = std::fs::remove_file(&count);
-    let out = f
-        .command()
-        .env("LD_PRELOAD", shim())
-        .env("CRASH_AT", crash_at.to_string())
-        .env("CRASH_COUNT_FILE", &count)
-        .env("CRASH_DISK_SUFFIX", "/disk.img")
-        .output()
-        .unwrap();
-    let ops = std::fs::read_to_string(&count)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    (out, ops)
+    run_with_shim(f.command(), &f.path("ops.count"), crash_at)
 }
 
 /// What every cut must leave: a GPT that validates (either the old table or the new one, whose
