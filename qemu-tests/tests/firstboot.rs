@@ -51,6 +51,11 @@ fn a_power_cut_during_firstboot_on_a_4_gib_disk_is_finished_by_the_next_boot() -
         !d.has_firstboot_marker()?,
         "the cut came after firstboot finished: the scenario did not cut inside it"
     );
+    eprintln!(
+        "firstboot scenario: cut with ROOT's ext4 at {} of {} blocks on disk (journal aside)",
+        d.root_fs_blocks()?,
+        d.grown_root_blocks()?
+    );
 
     // Boot 2: the hook finishes the job before the test OS is ready.
     let mut vm = machine("firstboot, after the cut", &d)?;
