@@ -12,7 +12,8 @@
 //! (atomic state files), [`config`] (TOML drop-ins), [`health`] (running health checks),
 //! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status),
 //! [`stream`] (signed release streams and the rollout rule), [`window`] (maintenance windows),
-//! [`agent`] (the update agent: poll, decide, install, reboot by strategy).
+//! [`agent`] (the update agent: poll, decide, install, reboot by strategy), [`fleet`]
+//! (fleet reboots: FleetLock and etcd reboot slots, halt records).
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod cycle;
 pub mod device;
+pub mod fleet;
 pub mod health;
 pub mod history;
 pub mod install;

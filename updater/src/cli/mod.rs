@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cycle;
+pub mod fleet;
 pub mod install;
 pub mod progress;
 
