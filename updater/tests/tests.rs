@@ -2,6 +2,9 @@
 mod agent;
 mod crashpoints;
 mod cycle;
+mod fleet;
+mod fleet_sim;
+mod fleetlock_server;
 mod hardening;
 mod health;
 mod http;

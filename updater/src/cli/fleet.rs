@@ -113,7 +113,9 @@ impl FleetCmd {
         let (f, settings) = fleet(d)?;
         match &self.command {
             FleetSub::Status(_) => {
-                let s = f.status(&settings.fleet).context("reading the fleet status")?;
+                let s = f
+                    .status(&settings.fleet)
+                    .context("reading the fleet status")?;
                 if d.json {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
@@ -126,10 +128,9 @@ impl FleetCmd {
                     println!("{}", serde_json::json!({ "resumed": removed }));
                 } else {
                     match removed {
-                        Some(h) => println!(
-                            "group {} resumed (removed: {h})",
-                            settings.fleet.group
-                        ),
+                        Some(h) => {
+                            println!("group {} resumed (removed: {h})", settings.fleet.group)
+                        }
                         None => println!("group {} was not halted", settings.fleet.group),
                     }
                 }

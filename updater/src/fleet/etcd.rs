@@ -174,7 +174,11 @@ fn tls_config(s: &EtcdSettings) -> Result<Option<Arc<rustls::ClientConfig>>, Fle
             }
         }
         None => {
-            let f = s.cert_file.as_ref().or(s.key_file.as_ref()).expect("one is set");
+            let f = s
+                .cert_file
+                .as_ref()
+                .or(s.key_file.as_ref())
+                .expect("one is set");
             return Err(tls(f, "a client certificate needs etcd.ca_file too".into()));
         }
     }
@@ -252,7 +256,10 @@ impl EtcdClient {
 
     fn post_one(&self, endpoint: &str, path: &str, body: &Value) -> Result<Value, Attempt> {
         let url = format!("{endpoint}{path}");
-        let mut req = self.agent.post(&url).set("Content-Type", "application/json");
+        let mut req = self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/json");
         if let Some(t) = self.token.borrow().as_ref() {
             req = req.set("Authorization", t);
         }
@@ -288,10 +295,7 @@ impl EtcdClient {
             if member_trouble(code, &msg) {
                 return Err(Attempt::Member(format!("{url}: {msg}")));
             }
-            return Err(Attempt::Fatal(FleetError::Etcd {
-                url,
-                reason: msg,
-            }));
+            return Err(Attempt::Fatal(FleetError::Etcd { url, reason: msg }));
         }
         if !(200..300).contains(&status) {
             return Err(Attempt::Member(format!("{url}: status {status}")));
@@ -303,11 +307,10 @@ impl EtcdClient {
         let (Some(name), Some(file)) = (&self.username, &self.password_file) else {
             return Ok(());
         };
-        let password = crate::device::read_bounded(file, MAX_PASSWORD_FILE).map_err(|e| {
-            FleetError::Auth {
+        let password =
+            crate::device::read_bounded(file, MAX_PASSWORD_FILE).map_err(|e| FleetError::Auth {
                 reason: format!("reading the password file {}: {e}", file.display()),
-            }
-        })?;
+            })?;
         let password = password.lines().next().unwrap_or("").to_owned();
         *self.token.borrow_mut() = None;
         let v = self.call_raw(
@@ -357,7 +360,10 @@ impl EtcdClient {
 
     /// Grants a lease of `ttl`; returns its id.
     pub fn grant(&self, ttl: Duration) -> Result<i64, FleetError> {
-        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl.as_secs().to_string()}))?;
+        let v = self.call(
+            "/v3/lease/grant",
+            &json!({"TTL": ttl.as_secs().to_string()}),
+        )?;
         match int(&v["ID"]) {
             0 => Err(FleetError::Etcd {
                 url: "/v3/lease/grant".into(),

@@ -146,7 +146,11 @@ mod tests {
 
     #[test]
     fn a_machine_id_that_is_not_32_hex_digits_is_refused() {
-        for bad in ["", "4b1d0c2a8e3f4c1b9a7d6e5f4c3b2a1", "4b1d0c2a8e3f4c1b9a7d6e5f4c3b2a1g"] {
+        for bad in [
+            "",
+            "4b1d0c2a8e3f4c1b9a7d6e5f4c3b2a1",
+            "4b1d0c2a8e3f4c1b9a7d6e5f4c3b2a1g",
+        ] {
             assert_eq!(
                 app_specific_id(bad),
                 Err(IdentityError::BadMachineId { text: bad.into() })

@@ -460,7 +460,10 @@ pub fn window_step(window: Option<bool>, held: bool) -> Step {
 /// `max`.
 pub fn backoff(failures: u32, interval: Duration, max: Duration) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
-    interval.saturating_mul(factor).min(max).max(Duration::from_secs(1))
+    interval
+        .saturating_mul(factor)
+        .min(max)
+        .max(Duration::from_secs(1))
 }
 
 /// Whether `strategy` is coordinated by a fleet gate.
@@ -490,7 +493,10 @@ impl Fleet {
         let node = || identity::node_id(root, s.node_id.as_deref());
         let (gate, strategy) = match settings.reboot {
             RebootStrategy::Fleetlock => {
-                let url = s.fleetlock_url.as_deref().ok_or(FleetError::NoFleetLockUrl)?;
+                let url = s
+                    .fleetlock_url
+                    .as_deref()
+                    .ok_or(FleetError::NoFleetLockUrl)?;
                 (
                     Gate::FleetLock(fleetlock::FleetLockClient::new(
                         url,
@@ -780,7 +786,9 @@ mod tests {
             .unwrap()
             .replace("\"n1\"", &format!("\"{}\"", "n".repeat(MAX_HALT_FIELD + 1)));
         assert_eq!(
-            HaltRecord::parse(long_node.as_bytes()).unwrap_err().to_string(),
+            HaltRecord::parse(long_node.as_bytes())
+                .unwrap_err()
+                .to_string(),
             "bad halt record: node longer than 256 characters"
         );
         let extra = String::from_utf8(good.clone())
