@@ -321,7 +321,7 @@ fn fleetlock_requests_and_answers_are_the_protocols_and_the_reboot_waits_for_a_f
         b.dev.path("rebooting").exists(),
         "the hook ran: the box rebooted"
     );
-    assert_eq!(server.holders("default"), [node.clone()]);
+    assert_eq!(server.holders("default"), std::slice::from_ref(&node));
     let ex = server.exchanges();
     assert_protocol_request(&ex[1].request, "pre-reboot", &node, server.port);
     assert!(ex[1].response.starts_with(b"HTTP/1.1 200 OK\r\n"));
