@@ -395,3 +395,50 @@ fn a_redirect_from_the_fleetlock_server_is_not_followed() {
     assert_eq!(server.exchanges().len(), 1, "the redirect was not followed");
     assert!(!b.dev.path("rebooting").exists());
 }
+
+/// A `[reboot.periodic]` window of every day: open now (started a minute ago, ten minutes
+/// long) or closed (a minute long, half a day away).
+fn window(open: bool) -> String {
+    let now = updater::history::now();
+    let at = (if open { now - 60 } else { now + 12 * 3600 }) % 86400;
+    format!(
+        "[reboot.periodic]\ntime_zone = \"UTC\"\n[[reboot.periodic.window]]\ndays = [\"Mon\", \"Tue\", \"Wed\", \"Thu\", \"Fri\", \"Sat\", \"Sun\"]\nstart_time = \"{:02}:{:02}\"\nlength_minutes = {}\n",
+        at / 3600,
+        (at % 3600) / 60,
+        if open { 10 } else { 1 }
+    )
+}
+
+#[test]
+fn the_fleet_lock_is_taken_only_inside_a_window_and_given_back_when_it_closes() {
+    let fleet = Fleet::new();
+    let server = crate::fleetlock_server::FleetLockServer::start(1);
+    let b = fleetlock_box(&fleet, &server.url(), 1);
+    let node = b.node();
+    // Closed window, no slot: nobody is asked.
+    b.dev
+        .write_root_file("etc/updater/config.d/60-window.toml", &window(false));
+    let out = agent_once(&fleet, &b);
+    assert_eq!(out["finalize"]["reboot"], "deferred", "{out}");
+    assert!(server.exchanges().is_empty());
+    // Open window: the slot is taken and the box reboots.
+    b.dev
+        .write_root_file("etc/updater/config.d/60-window.toml", &window(true));
+    let status = crate::util::ok(b.dev.updater(&["--json", "status"]));
+    assert!(status.contains("\"config_warnings\":[]"), "{status}");
+    let out = agent_once(&fleet, &b);
+    assert_eq!(out["finalize"]["reboot"], "rebooting", "{out}");
+    assert_eq!(server.holders("default"), std::slice::from_ref(&node));
+    // The reboot did not happen (the hook is a test; say the machine stayed up) and the window
+    // closed: the slot goes back.
+    std::fs::remove_file(b.dev.path("rebooting")).unwrap();
+    b.dev
+        .write_root_file("etc/updater/config.d/60-window.toml", &window(false));
+    let out = agent_once(&fleet, &b);
+    assert_eq!(out["finalize"]["reboot"], "deferred", "{out}");
+    assert!(server.holders("default").is_empty());
+    let ex = server.exchanges();
+    assert_eq!(ex.len(), 2);
+    assert_protocol_request(&ex[1].request, "steady-state", &node, server.port);
+    assert_eq!(fleet_state(&b)["held"], false);
+}
