@@ -442,3 +442,75 @@ fn the_fleet_lock_is_taken_only_inside_a_window_and_given_back_when_it_closes() 
     assert_protocol_request(&ex[1].request, "steady-state", &node, server.port);
     assert_eq!(fleet_state(&b)["held"], false);
 }
+
+#[test]
+fn etcd_auth_takes_and_releases_a_slot_with_the_password_file_and_a_wrong_password_is_refused() {
+    let etcd = Etcd::start(1);
+    let ep = etcd.endpoints()[0].clone();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "updater"],
+        &[
+            "role",
+            "grant-permission",
+            "updater",
+            "--prefix=true",
+            "readwrite",
+            "/updater/",
+        ],
+        &["user", "add", "box:s3cret"],
+        &["user", "grant-role", "box", "updater"],
+        &["auth", "enable"],
+    ] {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    }
+    let fleet = Fleet::new();
+    let config = |password: &str, b: usize| {
+        let file = fleet.dir.path().join(format!("password-{b}"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        format!(
+            "{}username = \"box\"\npassword_file = \"{}\"\n",
+            etcd_config(std::slice::from_ref(&ep), 1, 30),
+            file.display()
+        )
+    };
+    let wrong = SimBox::new(1, &fleet.stream_url, "2.0", &config("guess", 1));
+    let out = agent_once(&fleet, &wrong);
+    assert_eq!(out["finalize"]["reboot"], "waiting_for_lock", "{out}");
+    let reason = out["finalize"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("etcd authentication:"), "{reason}");
+    assert!(!wrong.dev.path("rebooting").exists());
+
+    let b = SimBox::new(0, &fleet.stream_url, "2.0", &config("s3cret", 0));
+    let out = agent_once(&fleet, &b);
+    assert_eq!(out["finalize"]["reboot"], "rebooting", "{out}");
+    assert_eq!(fleet_state(&b)["held"], true);
+    let status = json(
+        &b.command("A", "1.0", &fleet.hook, &fleet.timeline)
+            .args(["--json", "fleet", "status"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status["held"][0]["holder"]["node"], b.node().as_str(), "{status}");
+    assert_eq!(crate::util::grub_boots(&b.dev), "B");
+    crate::util::ok(
+        b.command("B", "2.0", &fleet.hook, &fleet.timeline)
+            .arg("health")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(fleet_state(&b)["held"], false);
+    let status = json(
+        &b.command("B", "2.0", &fleet.hook, &fleet.timeline)
+            .args(["--json", "fleet", "status"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status["held"], serde_json::json!([]), "{status}");
+}

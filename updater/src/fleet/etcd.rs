@@ -269,11 +269,17 @@ impl EtcdClient {
             Err(e) => return Err(Attempt::Member(format!("{url}: {e}"))),
         };
         let mut buf = Vec::new();
-        std::io::Read::read_to_end(
+        // The gateway ends an error answer with an HTTP trailer ureq's chunk decoder rejects
+        // after the whole JSON body: keep what was read and let the JSON decide.
+        let read = std::io::Read::read_to_end(
             &mut std::io::Read::take(resp.into_reader(), MAX_RESPONSE + 1),
             &mut buf,
-        )
-        .map_err(|e| Attempt::Member(format!("{url}: reading the answer: {e}")))?;
+        );
+        if let Err(e) = read {
+            if serde_json::from_slice::<Value>(&buf).is_err() {
+                return Err(Attempt::Member(format!("{url}: reading the answer: {e}")));
+            }
+        }
         if buf.len() as u64 > MAX_RESPONSE {
             return Err(Attempt::Fatal(FleetError::Etcd {
                 url,
@@ -291,6 +297,14 @@ impl EtcdClient {
             let msg: String = msg.chars().take(300).collect();
             if code == 16 || msg.contains("invalid auth token") {
                 return Err(Attempt::Auth(format!("{url}: {msg}")));
+            }
+            if msg.contains("authentication failed")
+                || msg.contains("user name is empty")
+                || msg.contains("permission denied")
+            {
+                return Err(Attempt::Fatal(FleetError::Auth {
+                    reason: format!("{url}: {msg}"),
+                }));
             }
             if member_trouble(code, &msg) {
                 return Err(Attempt::Member(format!("{url}: {msg}")));
