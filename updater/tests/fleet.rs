@@ -497,7 +497,11 @@ fn etcd_auth_takes_and_releases_a_slot_with_the_password_file_and_a_wrong_passwo
             .output()
             .unwrap(),
     );
-    assert_eq!(status["held"][0]["holder"]["node"], b.node().as_str(), "{status}");
+    assert_eq!(
+        status["held"][0]["holder"]["node"],
+        b.node().as_str(),
+        "{status}"
+    );
     assert_eq!(crate::util::grub_boots(&b.dev), "B");
     crate::util::ok(
         b.command("B", "2.0", &fleet.hook, &fleet.timeline)
@@ -513,4 +517,118 @@ fn etcd_auth_takes_and_releases_a_slot_with_the_password_file_and_a_wrong_passwo
             .unwrap(),
     );
     assert_eq!(status["held"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn a_lost_lease_is_reported_and_revoking_it_again_is_fine() {
+    let etcd = Etcd::start(1);
+    let c = etcd.client();
+    let lease = c.grant(Duration::from_secs(2)).unwrap();
+    assert!(c.keepalive(lease).unwrap().is_some());
+    assert!(c
+        .put_if_absent("/updater/g/slots/0", &["/updater/g/halt"], b"{}", lease)
+        .unwrap());
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(c.keepalive(lease).unwrap(), None, "expired");
+    assert_eq!(
+        c.get("/updater/g/slots/0").unwrap(),
+        None,
+        "its slot is free"
+    );
+    c.revoke(lease).unwrap();
+}
+
+/// `openssl` in `dir`: a CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null");
+    for (name, ext) in [
+        // etcd's gateway dials its own gRPC port with the server certificate: clientAuth too.
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n")).unwrap();
+        sh(&format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null"
+        ));
+    }
+}
+
+#[test]
+fn etcd_over_tls_needs_the_ca_and_the_client_certificate() {
+    use updater::fleet::etcd::{EtcdClient, EtcdSettings};
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    make_certs(d);
+    let f = |n: &str| d.join(n).display().to_string();
+    let etcd = Etcd::start_tls(&[
+        format!("--cert-file={}", f("server.pem")),
+        format!("--key-file={}", f("server.key")),
+        format!("--trusted-ca-file={}", f("ca.pem")),
+        "--client-cert-auth".into(),
+    ]);
+    let settings = EtcdSettings {
+        endpoints: etcd.endpoints(),
+        timeout: Duration::from_secs(3),
+        ca_file: Some(d.join("ca.pem")),
+        cert_file: Some(d.join("client.pem")),
+        key_file: Some(d.join("client.key")),
+        ..Default::default()
+    };
+    let c = EtcdClient::new(&settings).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = c.put("/updater/tls", b"yes") {
+        assert!(Instant::now() < deadline, "etcd over TLS: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.get("/updater/tls").unwrap().as_deref(), Some(&b"yes"[..]));
+    // Without the client certificate the server refuses the handshake.
+    let anonymous = EtcdClient::new(&EtcdSettings {
+        cert_file: None,
+        key_file: None,
+        ..settings.clone()
+    })
+    .unwrap();
+    let e = anonymous.get("/updater/tls").unwrap_err().to_string();
+    assert!(
+        e.starts_with("no etcd endpoint answered: https://127.0.0.1:"),
+        "{e}"
+    );
+    // Without our CA the server is not trusted.
+    let e = EtcdClient::new(&EtcdSettings {
+        ca_file: None,
+        ..settings.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.ends_with("a client certificate needs etcd.ca_file too"),
+        "{e}"
+    );
+    let e = EtcdClient::new(&EtcdSettings {
+        cert_file: None,
+        key_file: None,
+        ca_file: None,
+        ..settings
+    })
+    .unwrap()
+    .get("/updater/tls")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("certificate"),
+        "{e}"
+    );
 }

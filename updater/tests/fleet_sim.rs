@@ -45,11 +45,22 @@ fn free_port() -> u16 {
 pub struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<(u16, Option<Child>)>,
+    scheme: String,
 }
 
 impl Etcd {
     /// Starts `n` members and waits until the cluster takes a write.
     pub fn start(n: usize) -> Etcd {
+        Self::start_with(n, &[], "http")
+    }
+
+    /// Starts one member serving `scheme` clients with `extra` arguments (TLS files), without
+    /// waiting (a TLS client is the caller's).
+    pub fn start_tls(extra: &[String]) -> Etcd {
+        Self::start_with(1, extra, "https")
+    }
+
+    fn start_with(n: usize, extra: &[String], scheme: &str) -> Etcd {
         let dir = fast_tempdir();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster = ports
@@ -67,12 +78,13 @@ impl Etcd {
                 .arg(dir.path().join(format!("m{i}")))
                 .args([
                     "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                 ])
                 .args([
                     "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                 ])
+                .args(extra)
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
                 .args([
                     "--initial-advertise-peer-urls",
@@ -89,7 +101,14 @@ impl Etcd {
                 .expect("starting etcd (Debian package etcd-server, installed by scripts/deps.sh)");
             members.push((*client, Some(child)));
         }
-        let e = Etcd { dir, members };
+        let e = Etcd {
+            dir,
+            members,
+            scheme: scheme.into(),
+        };
+        if scheme == "https" {
+            return e;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if e.client().put("/updater-test/ready", b"1").is_ok() {
@@ -108,7 +127,7 @@ impl Etcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|(p, _)| format!("http://127.0.0.1:{p}"))
+            .map(|(p, _)| format!("{}://127.0.0.1:{p}", self.scheme))
             .collect()
     }
 
