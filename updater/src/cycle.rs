@@ -26,7 +26,7 @@
 //! Fleet strategies ([`crate::fleet`]): on every run on a committed slot, [`Cycle::health`]
 //! gives back a reboot slot this box holds (after the commit, or after a rollback brought it
 //! back to the old slot); before the checks it refreshes the slot's etcd lease; when a check
-//! fails it writes the group's halt record. Fleet errors are logged, never fatal: the verdict
+//! fails, or the other slot's release never came up, it writes the group's halt record. Fleet errors are logged, never fatal: the verdict
 //! on this box comes first.
 pub use crate::bootstate::slot_name;
 use crate::bootstate::{BootState, BootedState, OtherState};
@@ -315,10 +315,17 @@ impl Cycle {
             if st.stale_pending.is_some() {
                 self.clear_pending()?;
             }
-            fleet_release(fleet.as_ref());
             if st.never_came_up() {
-                return self.record_never_came_up(&mut disk, &other, &st);
+                let out = self.record_never_came_up(&mut disk, &other, &st)?;
+                // A release that never came up halts the group as a failed check does,
+                // before this box's slot is given back.
+                if let HealthOutcome::PendingNeverCameUp { version, reason } = &out {
+                    fleet_halt(fleet.as_ref(), version, reason);
+                }
+                fleet_release(fleet.as_ref());
+                return Ok(out);
             }
+            fleet_release(fleet.as_ref());
             return Ok(HealthOutcome::AlreadyCommitted { slot: name });
         }
 
@@ -392,13 +399,7 @@ impl Cycle {
         disk.mark_bad(&self.dev.booted)
             .with_context(|| format!("marking slot {name} bad on {}", self.dev.disk.display()))?;
         self.clear_pending_for(&booted)?;
-        if let Some(f) = &fleet {
-            match f.halt(&version, &verdict.summary, now()) {
-                Ok(true) => log::warn!("halted the fleet group: {version} failed here"),
-                Ok(false) => {}
-                Err(e) => log::warn!("writing the group's halt record (the agent retries): {e}"),
-            }
-        }
+        fleet_halt(fleet.as_ref(), &version, &verdict.summary);
         recorded?;
         let reboot = self.reboot(no_reboot)?;
         Ok(HealthOutcome::RolledBack {
@@ -611,6 +612,17 @@ fn fleet_release(fleet: Option<&crate::fleet::Fleet>) {
             Ok(true) => log::info!("released the reboot slot"),
             Ok(false) => {}
             Err(e) => log::warn!("releasing the reboot slot (the agent retries): {e}"),
+        }
+    }
+}
+
+/// Writes the group's halt record for `version`, logging a failure (the agent retries).
+fn fleet_halt(fleet: Option<&crate::fleet::Fleet>, version: &str, reason: &str) {
+    if let Some(f) = fleet {
+        match f.halt(version, reason, now()) {
+            Ok(true) => log::warn!("halted the fleet group: {version} failed here"),
+            Ok(false) => {}
+            Err(e) => log::warn!("writing the group's halt record (the agent retries): {e}"),
         }
     }
 }

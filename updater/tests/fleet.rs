@@ -632,3 +632,40 @@ fn etcd_over_tls_needs_the_ca_and_the_client_certificate() {
         "{e}"
     );
 }
+
+#[test]
+fn a_release_that_never_came_up_halts_the_group_and_frees_the_slot() {
+    let etcd = Etcd::start(1);
+    let fleet = Fleet::new();
+    let b = SimBox::new(
+        0,
+        &fleet.stream_url,
+        "2.0",
+        &etcd_config(&etcd.endpoints(), 1, 30),
+    );
+    let out = agent_once(&fleet, &b);
+    assert_eq!(out["finalize"]["reboot"], "rebooting", "{out}");
+    // B hangs before its health check; GRUB spends its try and falls back to A.
+    assert_eq!(crate::util::grub_boots(&b.dev), "B");
+    assert_eq!(crate::util::grub_boots(&b.dev), "A");
+    let health = json(
+        &b.command("A", "1.0", &fleet.hook, &fleet.timeline)
+            .args(["--json", "health"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(health["result"], "pending_never_came_up", "{health}");
+    let status = json(
+        &b.command("A", "1.0", &fleet.hook, &fleet.timeline)
+            .args(["--json", "fleet", "status"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status["halt"]["version"], "2.0", "{status}");
+    assert!(status["halt"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("never came up"));
+    assert_eq!(status["held"], serde_json::json!([]));
+    assert_eq!(status["local"]["held"], false);
+}
