@@ -669,3 +669,23 @@ fn a_release_that_never_came_up_halts_the_group_and_frees_the_slot() {
     assert_eq!(status["held"], serde_json::json!([]));
     assert_eq!(status["local"]["held"], false);
 }
+
+#[test]
+fn a_slot_put_whose_answer_was_lost_is_recognised_as_held() {
+    let etcd = Etcd::start(1);
+    let c = etcd.client();
+    let lease = c.grant(Duration::from_secs(30)).unwrap();
+    let key = "/updater/g/slots/0";
+    assert!(c
+        .put_if_absent(key, &["/updater/g/halt"], b"{}", lease)
+        .unwrap());
+    // The same request again (as after a member died before answering): still ours.
+    assert!(c
+        .put_if_absent(key, &["/updater/g/halt"], b"{}", lease)
+        .unwrap());
+    // Another lease does not get it.
+    let other = c.grant(Duration::from_secs(30)).unwrap();
+    assert!(!c
+        .put_if_absent(key, &["/updater/g/halt"], b"{}", other)
+        .unwrap());
+}

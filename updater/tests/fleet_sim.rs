@@ -294,8 +294,8 @@ impl Timeline {
         max
     }
 
-    /// The most boxes rebooting at once (from `reboot-start` to the next boot's
-    /// `reboot-end`), by time.
+    /// The most boxes rebooting at once (from `reboot-start`, the hook, to `reboot-end`, the
+    /// start of the next boot), by time.
     pub fn max_rebooting(&self) -> usize {
         let mut evs: Vec<(f64, i32)> = self
             .events()
@@ -449,7 +449,14 @@ impl SimBox {
         let marker = self.dev.path("rebooting");
         let mut booted = "A".to_string();
         let mut after_reboot = false;
+        let mut up = false;
         loop {
+            if after_reboot && !up {
+                // The next boot has begun: the reboot is over (the slot is still held until
+                // health gives it back).
+                tl.record("reboot-end", &format!("box{} {}", self.idx, self.node()));
+                up = true;
+            }
             let version = if booted == "B" {
                 self.target.as_str()
             } else {
@@ -465,6 +472,7 @@ impl SimBox {
                 std::fs::remove_file(&marker).unwrap();
                 booted = grub_boots(&self.dev);
                 after_reboot = true;
+                up = false;
                 continue;
             }
             if !out.status.success() {
@@ -475,7 +483,6 @@ impl SimBox {
                 ));
             }
             if after_reboot {
-                tl.record("reboot-end", &format!("box{} {}", self.idx, self.node()));
                 if version == self.target {
                     return End::Updated;
                 }
@@ -517,6 +524,7 @@ impl SimBox {
             }
             booted = grub_boots(&self.dev);
             after_reboot = true;
+            up = false;
         }
     }
 }
@@ -557,6 +565,17 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if std::thread::panicking() {
+            // Keep the evidence of a failed run.
+            let keep = std::env::temp_dir().join(format!(
+                "fleet-timeline-{}-{}",
+                std::process::id(),
+                stamp()
+            ));
+            if std::fs::copy(&self.timeline.path, &keep).is_ok() {
+                eprintln!("fleet timeline kept in {}", keep.display());
+            }
+        }
     }
 }
 

@@ -440,7 +440,9 @@ impl EtcdClient {
     }
 
     /// Atomically: if neither `key` nor any of `absent` exists, put `key` = `value` attached to
-    /// `lease`. Returns whether it was put.
+    /// `lease`. Returns whether `key` is now attached to `lease`: put by this call, or by an
+    /// earlier attempt of it whose answer was lost (a member died after committing it, and the
+    /// request was repeated on the next endpoint).
     pub fn put_if_absent(
         &self,
         key: &str,
@@ -461,9 +463,14 @@ impl EtcdClient {
                 "compare": compare,
                 "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(value),
                                              "lease": lease.to_string()}}],
+                "failure": [{"request_range": {"key": b64(key.as_bytes())}}],
             }),
         )?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
+        if v["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(true);
+        }
+        let existing = kvs(&v["responses"][0]["response_range"]["kvs"]);
+        Ok(existing.first().is_some_and(|(_, _, l)| *l == lease))
     }
 }
 
