@@ -673,6 +673,26 @@ impl Agent {
         );
         let _ = writeln!(o, "# TYPE updater_failed_versions gauge");
         let _ = writeln!(o, "updater_failed_versions {failed}");
+        if crate::fleet::is_fleet(self.settings.reboot) {
+            let f = self
+                .state
+                .read::<crate::fleet::FleetState>(crate::fleet::FLEET_STATE)
+                .ok()
+                .and_then(crate::state::Loaded::into_option)
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "# HELP updater_fleet_slot_held Whether the box holds a fleet reboot slot."
+            );
+            let _ = writeln!(o, "# TYPE updater_fleet_slot_held gauge");
+            let _ = writeln!(o, "updater_fleet_slot_held {}", u8::from(f.held));
+            let _ = writeln!(
+                o,
+                "# HELP updater_fleet_lock_refusals Reboot-slot requests refused in a row."
+            );
+            let _ = writeln!(o, "# TYPE updater_fleet_lock_refusals gauge");
+            let _ = writeln!(o, "updater_fleet_lock_refusals {}", f.failures);
+        }
         if let Some(t) = &st.target {
             let _ = writeln!(
                 o,

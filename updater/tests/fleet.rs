@@ -304,6 +304,9 @@ fn fleetlock_requests_and_answers_are_the_protocols_and_the_reboot_waits_for_a_f
         !b.dev.path("rebooting").exists(),
         "no reboot without the slot"
     );
+    let prom = std::fs::read_to_string(b.dev.root().join("var/lib/updater/updater.prom")).unwrap();
+    assert!(prom.contains("\nupdater_fleet_lock_refusals 1\n"), "{prom}");
+    assert!(prom.contains("\nupdater_fleet_slot_held 0\n"), "{prom}");
     let ex = server.exchanges();
     assert_eq!(ex.len(), 1);
     assert_protocol_request(&ex[0].request, "pre-reboot", &node, server.port);
