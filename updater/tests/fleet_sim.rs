@@ -449,14 +449,14 @@ impl SimBox {
         let marker = self.dev.path("rebooting");
         let mut booted = "A".to_string();
         let mut after_reboot = false;
-        let mut up = false;
+        // GRUB chose the slot: the next boot begins and the reboot is over (the slot is held
+        // until that boot's health gives it back).
+        let boot = |tl: &Timeline| {
+            let slot = grub_boots(&self.dev);
+            tl.record("reboot-end", &format!("box{} {}", self.idx, self.node()));
+            slot
+        };
         loop {
-            if after_reboot && !up {
-                // The next boot has begun: the reboot is over (the slot is still held until
-                // health gives it back).
-                tl.record("reboot-end", &format!("box{} {}", self.idx, self.node()));
-                up = true;
-            }
             let version = if booted == "B" {
                 self.target.as_str()
             } else {
@@ -470,9 +470,8 @@ impl SimBox {
             if marker.exists() {
                 // Health failed and rebooted back (the hook recorded the start).
                 std::fs::remove_file(&marker).unwrap();
-                booted = grub_boots(&self.dev);
+                booted = boot(tl);
                 after_reboot = true;
-                up = false;
                 continue;
             }
             if !out.status.success() {
@@ -522,9 +521,8 @@ impl SimBox {
             if self.dev.path("die-at-reboot").exists() {
                 return End::Died;
             }
-            booted = grub_boots(&self.dev);
+            booted = boot(tl);
             after_reboot = true;
-            up = false;
         }
     }
 }
