@@ -18,7 +18,11 @@
 //!    written. A target already pending in the other slot is not installed again; a newer
 //!    release re-stages over a pending one.
 //! 6. **Finalize** by the reboot strategy: `immediate`, `off` (`/run/reboot-required`),
-//!    `periodic` (only inside a maintenance window, [`crate::window`]).
+//!    `periodic` (only inside a maintenance window, [`crate::window`]), `fleetlock` and `etcd`
+//!    (only while holding the group's reboot slot, [`crate::fleet`]: taken inside a window when
+//!    windows are configured, given back if the window closes first; a refusal is retried on
+//!    a later tick with backoff). On a committed slot with nothing pending, a slot still held
+//!    is given back and a halt record not yet written is written.
 //!
 //! [`Agent::check`] runs steps 1–4 and changes nothing: `updater check`.
 //!
@@ -121,6 +125,16 @@ pub enum Finalize {
         marker: PathBuf,
         /// The next window, Unix seconds, if any is configured.
         next_window: Option<(i64, i64)>,
+    },
+    /// Strategy `fleetlock` or `etcd`: the reboot slot was not granted (or its server not
+    /// reached); the marker is written and the agent asks again at `retry_at`.
+    WaitingForLock {
+        /// The marker written.
+        marker: PathBuf,
+        /// The refusal.
+        reason: String,
+        /// Unix seconds.
+        retry_at: u64,
     },
     /// The machine reboots now (after the caller has reported).
     Rebooting,
@@ -466,14 +480,23 @@ impl Agent {
     /// one committed, and only as the strategy allows.
     pub fn finalize(&self, now: u64, no_reboot: bool) -> anyhow::Result<Finalize> {
         let st = self.boot_state()?;
+        let fleet = crate::fleet::Fleet::for_root(&self.dev.root, &self.settings)
+            .context("setting up the fleet reboot gate")?;
         if st.other != OtherState::Pending || st.booted != BootedState::Committed {
+            if let (Some(f), BootedState::Committed) = (&fleet, st.booted) {
+                settle(f);
+            }
             return Ok(Finalize::NotNeeded);
         }
         if no_reboot {
             return Ok(Finalize::Skipped);
         }
+        if let Some(f) = fleet {
+            let version = st.pending.as_ref().map_or("", |p| p.version.as_str());
+            return self.finalize_fleet(&f, version, now);
+        }
         let allowed = self.settings.reboot_allowed(now as i64);
-        if allowed && self.dev.is_live() {
+        if allowed && crate::cycle::can_reboot(&self.dev) {
             return Ok(Finalize::Rebooting);
         }
         let marker = self.dev.reboot_marker();
@@ -485,6 +508,55 @@ impl Agent {
             },
             _ => Finalize::Required { marker },
         })
+    }
+
+    /// Finalizes under a fleet strategy: the window decides whether the lock is taken, kept
+    /// or given back ([`crate::fleet::window_step`]); only a granted lock reboots.
+    fn finalize_fleet(
+        &self,
+        f: &crate::fleet::Fleet,
+        version: &str,
+        now: u64,
+    ) -> anyhow::Result<Finalize> {
+        use crate::fleet::{window_step, Step, Verdict};
+        settle_halt(f);
+        let window = if self.settings.windows.is_empty() {
+            None
+        } else {
+            Some(self.windows().is_ok_and(|w| w.is_open(now as i64)))
+        };
+        let marker = self.dev.reboot_marker();
+        let deferred = || -> anyhow::Result<Finalize> {
+            crate::cycle::write_reboot_marker(&marker)?;
+            Ok(Finalize::Deferred {
+                marker: marker.clone(),
+                next_window: self.windows().ok().and_then(|w| w.next(now as i64)),
+            })
+        };
+        match window_step(window, f.state().held) {
+            Step::Release => {
+                if let Err(e) = f.release() {
+                    log::warn!("giving back the reboot slot as the window closed: {e}");
+                }
+                deferred()
+            }
+            Step::Wait => deferred(),
+            Step::Take => match f.take(version, now)? {
+                Verdict::Granted if crate::cycle::can_reboot(&self.dev) => Ok(Finalize::Rebooting),
+                Verdict::Granted => {
+                    crate::cycle::write_reboot_marker(&marker)?;
+                    Ok(Finalize::Required { marker })
+                }
+                Verdict::Refused { reason, retry_at } => {
+                    crate::cycle::write_reboot_marker(&marker)?;
+                    Ok(Finalize::WaitingForLock {
+                        marker,
+                        reason,
+                        retry_at,
+                    })
+                }
+            },
+        }
     }
 
     /// Reboots the machine now (after [`Finalize::Rebooting`] was reported).
@@ -509,7 +581,10 @@ impl Agent {
             let sleep = self.settings.agent.interval + Duration::from_secs_f64(jitter);
             // Inside a deferred reboot, wake at the next window's start if it comes first.
             let wake = match self.windows().ok().and_then(|w| w.next(now() as i64)) {
-                Some((start, _)) if self.settings.reboot == RebootStrategy::Periodic => {
+                Some((start, _))
+                    if self.settings.reboot == RebootStrategy::Periodic
+                        || crate::fleet::is_fleet(self.settings.reboot) =>
+                {
                     let until = (start - now() as i64).max(1) as u64;
                     sleep.min(Duration::from_secs(until))
                 }
@@ -598,6 +673,26 @@ impl Agent {
         );
         let _ = writeln!(o, "# TYPE updater_failed_versions gauge");
         let _ = writeln!(o, "updater_failed_versions {failed}");
+        if crate::fleet::is_fleet(self.settings.reboot) {
+            let f = self
+                .state
+                .read::<crate::fleet::FleetState>(crate::fleet::FLEET_STATE)
+                .ok()
+                .and_then(crate::state::Loaded::into_option)
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "# HELP updater_fleet_slot_held Whether the box holds a fleet reboot slot."
+            );
+            let _ = writeln!(o, "# TYPE updater_fleet_slot_held gauge");
+            let _ = writeln!(o, "updater_fleet_slot_held {}", u8::from(f.held));
+            let _ = writeln!(
+                o,
+                "# HELP updater_fleet_lock_refusals Reboot-slot requests refused in a row."
+            );
+            let _ = writeln!(o, "# TYPE updater_fleet_lock_refusals gauge");
+            let _ = writeln!(o, "updater_fleet_lock_refusals {}", f.failures);
+        }
         if let Some(t) = &st.target {
             let _ = writeln!(
                 o,
@@ -607,6 +702,24 @@ impl Agent {
             let _ = writeln!(o, "updater_target_info{{version=\"{}\"}} 1", esc(t));
         }
         o
+    }
+}
+
+/// On a committed slot with nothing pending: writes a halt record left over, gives back a slot
+/// still held (a release `updater health` could not do). Failures are logged; the next tick
+/// tries again.
+fn settle(f: &crate::fleet::Fleet) {
+    settle_halt(f);
+    match f.release() {
+        Ok(true) => log::info!("released the reboot slot"),
+        Ok(false) => {}
+        Err(e) => log::warn!("releasing the reboot slot: {e}"),
+    }
+}
+
+fn settle_halt(f: &crate::fleet::Fleet) {
+    if let Err(e) = f.flush_halt() {
+        log::warn!("writing the group's halt record: {e}");
     }
 }
 

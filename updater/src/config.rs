@@ -44,6 +44,12 @@ pub enum RebootStrategy {
     Immediate,
     /// Reboot only inside a maintenance window (`[reboot.periodic]`).
     Periodic,
+    /// Reboot while holding a FleetLock slot (`[fleetlock]`, [`crate::fleet`]); inside a
+    /// window when windows are configured.
+    Fleetlock,
+    /// Reboot while holding an etcd reboot slot (`[etcd]`, [`crate::fleet`]); inside a window
+    /// when windows are configured.
+    Etcd,
 }
 
 /// One drop-in: every key optional.
@@ -62,6 +68,12 @@ pub struct Fragment {
     pub agent: Option<AgentFragment>,
     /// `[keys]`
     pub keys: Option<KeysFragment>,
+    /// `[fleet]`
+    pub fleet: Option<crate::fleet::FleetFragment>,
+    /// `[fleetlock]`
+    pub fleetlock: Option<crate::fleet::FleetLockFragment>,
+    /// `[etcd]`
+    pub etcd: Option<crate::fleet::EtcdFragment>,
 }
 
 /// `[agent]` keys: where the box finds its releases and how often it looks.
@@ -167,6 +179,8 @@ pub struct Settings {
     pub windows: Vec<crate::window::WindowSpec>,
     /// Key revocations and signatures required (`[keys]`).
     pub keys: crate::payload::KeySettings,
+    /// Fleet reboots (`[fleet]`, `[fleetlock]`, `[etcd]`).
+    pub fleet: crate::fleet::FleetSettings,
     /// Drop-ins read, in the order applied.
     pub files: Vec<PathBuf>,
     /// Problems found (unknown keys, bad values); each names the file and key.
@@ -215,6 +229,7 @@ impl Default for Settings {
             time_zone: "UTC".into(),
             windows: Vec::new(),
             keys: crate::payload::KeySettings::default(),
+            fleet: crate::fleet::FleetSettings::default(),
             files: Vec::new(),
             warnings: Vec::new(),
         }
@@ -365,6 +380,14 @@ impl Settings {
         if let Some(keys) = &f.keys {
             self.apply_keys(keys, file);
         }
+        crate::fleet::apply_fragments(
+            &mut self.fleet,
+            &mut self.warnings,
+            f.fleet.as_ref(),
+            f.fleetlock.as_ref(),
+            f.etcd.as_ref(),
+            file,
+        );
     }
 
     /// The maintenance windows of `[reboot.periodic]`.
@@ -373,12 +396,17 @@ impl Settings {
     }
 
     /// Whether `reboot.strategy` allows a reboot at `now` (Unix seconds): never for `off`,
-    /// always for `immediate`, inside a window for `periodic` (no valid window: never).
+    /// always for `immediate`, inside a window for `periodic` (no valid window: never); for
+    /// `fleetlock` and `etcd` inside a window when any is configured, else always (the agent
+    /// takes the lock too, [`crate::fleet`]).
     pub fn reboot_allowed(&self, now: i64) -> bool {
         match self.reboot {
             RebootStrategy::Off => false,
             RebootStrategy::Immediate => true,
             RebootStrategy::Periodic => self.windows().is_ok_and(|w| w.is_open(now)),
+            RebootStrategy::Fleetlock | RebootStrategy::Etcd => {
+                self.windows.is_empty() || self.windows().is_ok_and(|w| w.is_open(now))
+            }
         }
     }
 

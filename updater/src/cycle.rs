@@ -20,7 +20,14 @@
 //! pending record for a committed booted slot is simply cleared on the next run.
 //!
 //! The machine is rebooted only as [`crate::config::RebootStrategy`] allows, never with `--no-reboot`, and
-//! never when `--root` is not `/` (a root prefix means a test or an image, not this machine).
+//! never when `--root` is not `/` (a root prefix means a test or an image, not this machine),
+//! unless the test-only [`REBOOT_HOOK_ENV`] names a program to run instead of reboot(2).
+//!
+//! Fleet strategies ([`crate::fleet`]): on every run on a committed slot, [`Cycle::health`]
+//! gives back a reboot slot this box holds (after the commit, or after a rollback brought it
+//! back to the old slot); before the checks it refreshes the slot's etcd lease; when a check
+//! fails, or the other slot's release never came up, it writes the group's halt record. Fleet errors are logged, never fatal: the verdict
+//! on this box comes first.
 pub use crate::bootstate::slot_name;
 use crate::bootstate::{BootState, BootedState, OtherState};
 use crate::config::Settings;
@@ -259,6 +266,14 @@ impl Cycle {
         self.record_failed(f, keep_earlier)
     }
 
+    /// The fleet gate of a fleet strategy (a configuration error is logged: no gate).
+    fn fleet(&self) -> Option<crate::fleet::Fleet> {
+        crate::fleet::Fleet::for_root(&self.dev.root, &self.settings)
+            .inspect_err(|e| log::warn!("fleet reboot gate: {e}"))
+            .ok()
+            .flatten()
+    }
+
     /// Reboots the machine now: what [`Cycle::reboot`] decided when it said
     /// [`RebootAction::Rebooting`], once the caller has printed why.
     pub fn reboot_now(&self) -> anyhow::Result<()> {
@@ -272,7 +287,7 @@ impl Cycle {
         if no_reboot {
             return Ok(RebootAction::Skipped);
         }
-        if self.settings.reboot_allowed(now() as i64) && self.dev.is_live() {
+        if self.settings.reboot_allowed(now() as i64) && can_reboot(&self.dev) {
             return Ok(RebootAction::Rebooting);
         }
         let marker = self.dev.reboot_marker();
@@ -295,16 +310,34 @@ impl Cycle {
         {
             log::warn!("recording the booted version: {e}");
         }
+        let fleet = self.fleet();
         if st.booted == BootedState::Committed {
             if st.stale_pending.is_some() {
                 self.clear_pending()?;
             }
             if st.never_came_up() {
-                return self.record_never_came_up(&mut disk, &other, &st);
+                let out = self.record_never_came_up(&mut disk, &other, &st)?;
+                // A release that never came up halts the group as a failed check does,
+                // before this box's slot is given back.
+                if let HealthOutcome::PendingNeverCameUp { version, reason } = &out {
+                    fleet_halt(fleet.as_ref(), version, reason);
+                }
+                fleet_release(fleet.as_ref());
+                return Ok(out);
             }
+            fleet_release(fleet.as_ref());
             return Ok(HealthOutcome::AlreadyCommitted { slot: name });
         }
 
+        if let Some(f) = &fleet {
+            match f.refresh() {
+                Ok(Some(false)) => log::warn!(
+                    "the reboot slot's lease expired before the health checks (etcd.lease_ttl_secs is too short for this reboot)"
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("refreshing the reboot slot's lease: {e}"),
+            }
+        }
         let checks = HealthChecks::discover(&self.dev.root)?;
         let limits = Limits {
             check_timeout: self.settings.check_timeout,
@@ -334,6 +367,7 @@ impl Cycle {
                 format!("committing slot {name} on {}", self.dev.disk.display())
             })?;
             self.clear_pending_for(&booted)?;
+            fleet_release(fleet.as_ref());
             return Ok(HealthOutcome::Committed {
                 slot: name,
                 version,
@@ -365,6 +399,7 @@ impl Cycle {
         disk.mark_bad(&self.dev.booted)
             .with_context(|| format!("marking slot {name} bad on {}", self.dev.disk.display()))?;
         self.clear_pending_for(&booted)?;
+        fleet_halt(fleet.as_ref(), &version, &verdict.summary);
         recorded?;
         let reboot = self.reboot(no_reboot)?;
         Ok(HealthOutcome::RolledBack {
@@ -552,8 +587,57 @@ impl Cycle {
     }
 }
 
-/// Syncs and reboots the machine now.
+/// TEST ONLY: names a program that [`reboot_now`] runs instead of reboot(2), and that lets
+/// a root prefix (`--root` not `/`) "reboot". The fleet tests' harness uses it to simulate a
+/// box's reboot (apply GRUB's rule to the disk image, start the next boot's `updater health`
+/// and agent). Never set it on a device.
+pub const REBOOT_HOOK_ENV: &str = "UPDATER_TEST_REBOOT_COMMAND";
+
+/// The test reboot program of [`REBOOT_HOOK_ENV`], if set.
+pub fn reboot_hook() -> Option<PathBuf> {
+    std::env::var_os(REBOOT_HOOK_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Whether a reboot of `dev` can be done: it is the running machine, or the test hook is set.
+pub fn can_reboot(dev: &DeviceSpec) -> bool {
+    dev.is_live() || reboot_hook().is_some()
+}
+
+/// Gives back the fleet slot this box holds, logging a failure (the agent retries).
+fn fleet_release(fleet: Option<&crate::fleet::Fleet>) {
+    if let Some(f) = fleet {
+        match f.release() {
+            Ok(true) => log::info!("released the reboot slot"),
+            Ok(false) => {}
+            Err(e) => log::warn!("releasing the reboot slot (the agent retries): {e}"),
+        }
+    }
+}
+
+/// Writes the group's halt record for `version`, logging a failure (the agent retries).
+fn fleet_halt(fleet: Option<&crate::fleet::Fleet>, version: &str, reason: &str) {
+    if let Some(f) = fleet {
+        match f.halt(version, reason, now()) {
+            Ok(true) => log::warn!("halted the fleet group: {version} failed here"),
+            Ok(false) => {}
+            Err(e) => log::warn!("writing the group's halt record (the agent retries): {e}"),
+        }
+    }
+}
+
+/// Syncs and reboots the machine now (or runs the test hook, [`REBOOT_HOOK_ENV`]).
 pub fn reboot_now() -> anyhow::Result<()> {
+    if let Some(hook) = reboot_hook() {
+        let status = std::process::Command::new(&hook)
+            .status()
+            .with_context(|| format!("running the test reboot hook {}", hook.display()))?;
+        if !status.success() {
+            bail!("the test reboot hook {} failed: {status}", hook.display());
+        }
+        return Ok(());
+    }
     nix::unistd::sync();
     nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
     Ok(())

@@ -12,7 +12,8 @@
 //! (atomic state files), [`config`] (TOML drop-ins), [`health`] (running health checks),
 //! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status),
 //! [`stream`] (signed release streams and the rollout rule), [`window`] (maintenance windows),
-//! [`agent`] (the update agent: poll, decide, install, reboot by strategy), [`firstboot`]
+//! [`agent`] (the update agent: poll, decide, install, reboot by strategy), [`fleet`]
+//! (fleet reboots: FleetLock and etcd reboot slots, halt records), [`firstboot`]
 //! (grow ROOT to the disk's end and apply the OEM data on a freshly flashed box).
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod cycle;
 pub mod device;
 pub mod firstboot;
+pub mod fleet;
 pub mod health;
 pub mod history;
 pub mod install;

@@ -1,7 +1,7 @@
 //! `updater`: the device binary. Parsing and dispatch only; the work is in the library.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use updater::cli::{agent, cycle, firstboot, install, GlobalArgs};
+use updater::cli::{agent, cycle, firstboot, fleet, install, GlobalArgs};
 
 /// A/B /usr updater: install signed images into the passive slot, then commit or roll back.
 ///
@@ -28,6 +28,7 @@ enum Command {
     Check(agent::CheckCmd),
     Agent(agent::AgentCmd),
     Firstboot(firstboot::FirstbootCmd),
+    Fleet(fleet::FleetCmd),
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -42,6 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Check(c) => c.run(&cli.global),
         Command::Agent(c) => c.run(&cli.global),
         Command::Firstboot(c) => c.run(&cli.global),
+        Command::Fleet(c) => c.run(&cli.global),
     }
 }
 

@@ -108,6 +108,14 @@ impl AgentCmd {
                     )),
                     marker.display()
                 ),
+                Finalize::WaitingForLock {
+                    reason,
+                    retry_at,
+                    marker,
+                } => println!(
+                    "reboot waits for the fleet's reboot slot: {reason}; asking again at {retry_at} (Unix time) (wrote {})",
+                    marker.display()
+                ),
                 Finalize::Rebooting => println!("rebooting"),
             }
         }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cycle;
 pub mod firstboot;
+pub mod fleet;
 pub mod install;
 pub mod progress;
 
