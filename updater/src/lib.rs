@@ -12,7 +12,8 @@
 //! (atomic state files), [`config`] (TOML drop-ins), [`health`] (running health checks),
 //! [`history`] (failed versions, last verdict), [`cycle`] (commit, rollback, status),
 //! [`stream`] (signed release streams and the rollout rule), [`window`] (maintenance windows),
-//! [`agent`] (the update agent: poll, decide, install, reboot by strategy).
+//! [`agent`] (the update agent: poll, decide, install, reboot by strategy), [`netboot`] (RAM-booted
+//! nodes: a verified /usr fetched into RAM by the initramfs).
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod health;
 pub mod history;
 pub mod install;
 pub mod lock;
+pub mod netboot;
 pub mod osrelease;
 pub mod payload;
 pub mod source;

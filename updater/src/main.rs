@@ -1,7 +1,7 @@
 //! `updater`: the device binary. Parsing and dispatch only; the work is in the library.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use updater::cli::{agent, cycle, install, GlobalArgs};
+use updater::cli::{agent, cycle, install, netboot, GlobalArgs};
 
 /// A/B /usr updater: install signed images into the passive slot, then commit or roll back.
 ///
@@ -27,6 +27,7 @@ enum Command {
     Unblock(cycle::UnblockCmd),
     Check(agent::CheckCmd),
     Agent(agent::AgentCmd),
+    Netboot(netboot::NetbootCmd),
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -40,6 +41,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Unblock(c) => c.run(&cli.global),
         Command::Check(c) => c.run(&cli.global),
         Command::Agent(c) => c.run(&cli.global),
+        Command::Netboot(c) => c.run(&cli.global),
     }
 }
 

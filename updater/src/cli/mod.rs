@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cycle;
 pub mod install;
+pub mod netboot;
 pub mod progress;
 
 use crate::device::DeviceSpec;
