@@ -20,7 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
-pub mod cpio;
+pub use image_tools::cpio;
 pub mod cycle;
 pub mod disk;
 mod error;

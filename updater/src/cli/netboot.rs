@@ -76,7 +76,7 @@ impl NetbootCmd {
         let keys = crate::payload::load_trusted(&d.root, &Default::default())
             .context("loading the trusted keys")?;
         let mut opts = NetbootOptions::new(Expect {
-            image_id: self.image_id.clone(),
+            image_id: Some(self.image_id.clone()),
             min_version: self.min_version.clone(),
         });
         opts.attempts = self.attempts;

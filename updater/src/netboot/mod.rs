@@ -30,7 +30,7 @@
 //! use updater::netboot::{run, Expect, NetbootOptions, Target};
 //! use updater::payload::TrustedKeys;
 //! let keys = TrustedKeys::load_dirs(&["/etc/updater/keys.d".into()])?;
-//! let opts = NetbootOptions::new(Expect { image_id: "myos".into(), min_version: None });
+//! let opts = NetbootOptions::new(Expect { image_id: Some("myos".into()), min_version: None });
 //! let target = Target::Payload("http://boot.example/usr-1.2.payload".into());
 //! let got = run(&target, &keys, &opts, "/run/netboot/usr.img".as_ref())?;
 //! println!("verified {} {}", got.record.version, got.record.url);
@@ -63,8 +63,9 @@ pub const MAX_ATTEMPTS: u32 = 1000;
 /// What the node insists on, beyond a trusted signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
-    /// The `IMAGE_ID` the node boots: the payload's `compatible` must equal it.
-    pub image_id: String,
+    /// The `IMAGE_ID` the node boots: the payload's `compatible` must equal it (`None` only for
+    /// the publisher, `image-tools pxe`, which learns it from the payload).
+    pub image_id: Option<String>,
     /// The oldest version accepted (the version the artifacts were made from), if any.
     pub min_version: Option<String>,
 }
@@ -491,10 +492,15 @@ fn fetch_partial(
         ReadError::Io(io) => classify(&url, io),
     })?;
     let m = &prelude.manifest;
-    if m.compatible != opts.expect.image_id {
+    if let Some(expected) = opts
+        .expect
+        .image_id
+        .as_ref()
+        .filter(|i| **i != m.compatible)
+    {
         return Err(NetbootError::WrongImageId {
             url,
-            expected: opts.expect.image_id.clone(),
+            expected: expected.clone(),
             found: m.compatible.clone(),
         });
     }

@@ -64,7 +64,7 @@ fn payload(compatible: &str, version: &str, key: &SigningKey) -> (Vec<u8>, Vec<u
 
 fn options() -> NetbootOptions {
     let mut o = NetbootOptions::new(Expect {
-        image_id: "ramos".into(),
+        image_id: Some("ramos".into()),
         min_version: Some("2.0".into()),
     });
     o.now = NOW;
