@@ -22,8 +22,8 @@
 //! use image_tools::pxe::{write_artifacts, PxeSpec, PxeSource};
 //! let spec = PxeSpec::new(PxeSource::Payload("usr-2.0.payload".into()), "out".into())
 //!     .payload_url("http://boot.example/usr-2.0.payload");
-//! # let keys = updater::payload::TrustedKeys::default();
-//! let report = write_artifacts(&spec, &keys)?;
+//! let spec = PxeSpec { pubkeys: vec!["release.pub".into()], ..spec };
+//! let report = write_artifacts(&spec)?;
 //! println!("{}", report.kernel_args);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
@@ -127,8 +127,18 @@ pub struct PxeReport {
     pub image_size: u64,
 }
 
-/// Verifies the payload and writes the artifacts (see the module doc).
-pub fn write_artifacts(spec: &PxeSpec, keys: &TrustedKeys) -> anyhow::Result<PxeReport> {
+/// Verifies the payload against the keys of `spec.pubkeys` (the keys the initramfs will trust)
+/// and writes the artifacts (see the module doc).
+pub fn write_artifacts(spec: &PxeSpec) -> anyhow::Result<PxeReport> {
+    if spec.pubkeys.is_empty() {
+        bail!("no trusted public key given");
+    }
+    let keys = spec
+        .pubkeys
+        .iter()
+        .map(|p| TrustedKeys::load_file(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = &TrustedKeys::new(keys);
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let image = work.path().join("usr.img");
     let mut opts = NetbootOptions::new(Expect {
@@ -490,12 +500,6 @@ pub struct PxeCmd {
 impl PxeCmd {
     /// Runs the command.
     pub fn run(&self) -> anyhow::Result<()> {
-        let keys = self
-            .pubkey
-            .iter()
-            .map(|p| TrustedKeys::load_file(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = TrustedKeys::new(keys);
         let source = match (&self.payload, &self.stream) {
             (Some(p), _) => PxeSource::Payload(p.clone()),
             (None, Some(s)) => PxeSource::Stream {
@@ -514,7 +518,7 @@ impl PxeCmd {
             append: self.append.clone(),
             pubkeys: self.pubkey.clone(),
         };
-        let report = write_artifacts(&spec, &keys)?;
+        let report = write_artifacts(&spec)?;
         if self.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

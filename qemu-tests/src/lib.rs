@@ -11,6 +11,8 @@
 //!   line with a timeout, run a command in the guest, power off, power cut; killed and cleaned
 //!   up on drop.
 //! - [`grub`]: the GRUB build with our gptprio module.
+//! - [`pxe`]: RAM-booted nodes: netboot payloads, stream and artifacts, diskless machines on
+//!   restricted user networking with a forward to the test's HTTP server ([`http`]).
 //!
 //! ```
 //! use qemu_tests::machine::{Firmware, MachineConfig};
@@ -25,8 +27,10 @@ pub mod cycle;
 pub mod disk;
 mod error;
 pub mod grub;
+pub mod http;
 pub mod kernel;
 pub mod machine;
+pub mod pxe;
 pub mod testos;
 
 pub use error::{Error, Result};

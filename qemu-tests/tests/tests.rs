@@ -2,5 +2,6 @@
 mod boot;
 mod cycle;
 mod grub_vectors;
+mod pxe;
 mod testos;
 mod util;
