@@ -2,7 +2,7 @@
 # build and tests need, only when something is missing (so a second run costs nothing).
 
 DEB_PACKAGES=(gdisk cgpt squashfs-tools erofs-utils dosfstools mtools busybox-static zstd e2fsprogs
-  qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin musl-tools python3 cpio nginx)
+  qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin musl-tools python3 cpio nginx ipxe-qemu)
 
 install_deps() {
   local missing=()

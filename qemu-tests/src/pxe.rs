@@ -13,7 +13,7 @@
 //!   `image-tools pxe` for `good.payload` are in [`PxeImages::artifacts`].
 //! - [`direct_boot`] and [`ipxe_boot`]: diskless machines on QEMU user networking with
 //!   `restrict=on` (the guest reaches nothing outside) and one explicit forward,
-//!   [`BOOT_SERVER`]:80 → 127.0.0.1:PORT, the HTTP server the test runs
+//!   [`BOOT_SERVER`]:80 → 127.0.0.1:PORT (through `busybox nc`, one per connection), the HTTP server the test runs
 //!   ([`crate::http::Nginx`]); the iPXE one loads `boot.ipxe`, the kernel and the initramfs
 //!   from QEMU's TFTP server (the artifacts directory) with the iPXE ROM of Debian's
 //!   `ipxe-qemu`.
@@ -231,11 +231,16 @@ fn build_entry(os: &TestOs, kernel: &CloudKernel, dir: &Path) -> anyhow::Result<
 }
 
 /// The user network: `restrict=on`, one forward from [`BOOT_SERVER`]:80 to 127.0.0.1:`port`,
-/// and `extra` options (TFTP).
+/// and `extra` options (TFTP). The forward runs `busybox nc` (busybox-static) for each guest
+/// connection: a chardev forward connects once, when QEMU starts, and can follow neither a
+/// server that is down then up nor several connections at once.
 fn network(config: &mut MachineConfig, port: u16, extra: &str, boot: bool) {
     config.extra_args.extend([
         "-netdev".to_string(),
-        format!("user,id=n,restrict=on,guestfwd=tcp:{BOOT_SERVER}:80-tcp:127.0.0.1:{port}{extra}"),
+        format!(
+            "user,id=n,restrict=on,guestfwd=tcp:{BOOT_SERVER}:80-cmd:{} nc 127.0.0.1 {port}{extra}",
+            crate::testos::HOST_BUSYBOX
+        ),
         "-device".to_string(),
         format!(
             "virtio-net-pci,netdev=n{}",
