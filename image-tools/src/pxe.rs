@@ -444,18 +444,21 @@ impl ImageFs {
     }
 }
 
+const PXE_EXAMPLES: &str = "Examples:
+  image-tools pxe --payload usr-2.0.payload --pubkey release.pub -o /srv/tftp \\
+    --url http://boot.example/usr-2.0.payload
+  image-tools pxe --stream http://boot.example/stable/stream.json \\
+    --pubkey release.pub -o /srv/tftp --json";
+
 /// Make the kernel, initramfs and example iPXE/GRUB configs for RAM-booted nodes.
 ///
 /// The payload (or the newest started release of the stream) is verified completely against
 /// the --pubkey keys first. The initramfs is the image's boot/initramfs.img extended with the
-/// netboot /init, the static updater (the image's bin/updater unless --updater), the keys, and
-/// the modules listed in the image's /usr/lib/modules/netboot/load-order. Nodes boot with the
-/// kernel arguments printed (and written into boot.ipxe and grub.cfg).
-///
-/// Examples:
-///   image-tools pxe --payload usr-2.0.payload --url http://boot/usr-2.0.payload --pubkey k.pub -o tftp/
-///   image-tools pxe --stream http://boot/stable/stream.json --pubkey k.pub -o tftp/ --json
+/// netboot /init, the static updater (the image's bin/updater unless --updater), the keys,
+/// and the modules listed in the image's lib/modules/netboot/load-order. Nodes boot with the
+/// kernel arguments printed (and written into boot.ipxe and grub.cfg). See docs/usage/pxe.md.
 #[derive(Args, Debug)]
+#[command(after_help = PXE_EXAMPLES)]
 pub struct PxeCmd {
     /// The payload: a file or an http(s) URL.
     #[arg(
@@ -465,7 +468,8 @@ pub struct PxeCmd {
         conflicts_with = "stream"
     )]
     pub payload: Option<String>,
-    /// A release stream's stream.json URL: nodes boot the newest release open to them.
+    /// A release stream's stream.json URL: nodes boot the newest release open to
+    /// them.
     #[arg(long, value_name = "URL")]
     pub stream: Option<String>,
     /// The stream's channel.
@@ -477,13 +481,15 @@ pub struct PxeCmd {
     /// Trusted public key file; repeat for several.
     #[arg(long, value_name = "PUB", required = true)]
     pub pubkey: Vec<PathBuf>,
-    /// The static (musl) updater for the initramfs (default: the image's /usr/bin/updater).
+    /// The static (musl) updater for the initramfs (default: the image's
+    /// /usr/bin/updater).
     #[arg(long, value_name = "FILE")]
     pub updater: Option<PathBuf>,
     /// The init the node runs once /usr is mounted.
     #[arg(long, value_name = "PATH", default_value = "/sbin/init")]
     pub init: String,
-    /// Refuse payloads older than this (default: the payload's version; none with --stream).
+    /// Refuse payloads older than this (default: the payload's version; none with
+    /// --stream).
     #[arg(long, value_name = "VERSION")]
     pub min_version: Option<String>,
     /// Kernel arguments before ours.

@@ -237,3 +237,15 @@ fn a_payload_file_needs_the_url_nodes_fetch() {
         "image-tools: --url is required: the payload URL the nodes fetch"
     );
 }
+
+#[test]
+fn help_shows_examples() {
+    let help = ok(tool(&["pxe", "--help"]));
+    assert!(
+        help.contains("\nExamples:\n  image-tools pxe --payload "),
+        "{help}"
+    );
+    for line in help.lines().skip_while(|l| !l.starts_with("Examples")) {
+        assert!(line.len() <= 80, "{line:?} is longer than 80 columns");
+    }
+}

@@ -125,6 +125,7 @@ fn refused(name: &str, payload: &str, reason: &str) -> anyhow::Result<()> {
         server.port(),
     ))?;
     let line = vm.wait_for("updater: refused: ", util::BOOT)?;
+    eprintln!("CONSOLE {name}: {line}");
     let url = format!("http://{BOOT_SERVER}/{payload}");
     assert!(
         line.starts_with(&format!("updater: refused: payload {url} ")) && line.contains(reason),
@@ -176,9 +177,10 @@ fn a_boot_server_that_is_down_is_retried_until_it_comes_up() -> anyhow::Result<(
         port,
     ))?;
     let retry = vm.wait_for("failed, retrying in ", util::BOOT)?;
+    eprintln!("CONSOLE server down: {retry}");
     assert!(
         retry.starts_with(&format!(
-            "updater: warn: cannot fetch http://{BOOT_SERVER}/good.payload (attempt"
+            "updater: warn: cannot fetch http://{BOOT_SERVER}/good.payload: "
         )),
         "{retry}"
     );

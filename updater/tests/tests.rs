@@ -6,6 +6,7 @@ mod hardening;
 mod health;
 mod http;
 mod install;
+mod netboot;
 mod netfaults;
 mod payload;
 mod util;

@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+const NETBOOT_EXAMPLES: &str = "Examples (the initramfs of image-tools pxe runs the first):
+  updater netboot --image-id myos --url http://boot/usr.payload \\
+    --output /run/netboot/usr.img
+  updater netboot --image-id myos --stream http://boot/stable/stream.json \\
+    --wariness 0.3";
+
 /// Fetch a signed /usr payload over HTTP(S) and verify every chunk of it into a file in RAM
 /// (run by the initramfs of a RAM-booted node, which then mounts the file as /usr).
 ///
@@ -22,11 +28,9 @@ use std::time::Duration;
 /// signed stream that this node's rollout position allows is fetched.
 ///
 /// Exit status: 0 when the image verified, 1 when it was refused or could not be fetched.
-///
-/// Examples:
-///   updater netboot --image-id myos --url http://boot/usr.payload --output /run/netboot/usr.img
-///   updater netboot --image-id myos --stream http://boot/stable/stream.json --wariness 0.3
+/// See docs/usage/pxe.md.
 #[derive(Args, Debug)]
+#[command(after_help = NETBOOT_EXAMPLES)]
 pub struct NetbootCmd {
     /// The payload URL (http or https).
     #[arg(

@@ -228,7 +228,7 @@ pub enum NetbootError {
         source: std::io::Error,
     },
     /// The server could not be reached or failed mid-way, after every attempt.
-    #[error("cannot fetch {url} (attempt {attempts} of {attempts})")]
+    #[error("cannot fetch {url} ({attempts} attempt(s))")]
     Unreachable {
         /// The URL.
         url: String,
@@ -296,11 +296,11 @@ pub fn run(
                     attempts: attempt,
                 })
             }
-            Err(e) if e.is_transient() && attempt < attempts => {
+            Err(NetbootError::Unreachable { url, source, .. }) if attempt < attempts => {
                 let wait = opts.retry.backoff(attempt, 0.5);
                 log::warn!(
-                    "{}; attempt {attempt} of {attempts} failed, retrying in {:.1} s",
-                    one_line(&e),
+                    "cannot fetch {url}: {}; attempt {attempt} of {attempts} failed, retrying in {:.1} s",
+                    one_line(&source),
                     wait.as_secs_f64()
                 );
                 std::thread::sleep(wait);
