@@ -67,6 +67,10 @@ fn boot_and_check(config: MachineConfig, status_line: &str) -> anyhow::Result<St
     );
     let status = vm.run_ok("updater status", util::COMMAND)?;
     assert_eq!(status.lines().next(), Some(status_line), "{status}");
+    assert!(
+        status.contains("\nimage: /run/netboot/usr.img ("),
+        "{status}"
+    );
     vm.poweroff(util::POWEROFF)?;
     Ok(version)
 }

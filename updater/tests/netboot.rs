@@ -53,8 +53,10 @@ fn an_unreachable_server_gives_up_after_the_attempts_and_leaves_nothing() {
             "2",
             "--max-delay",
             "1",
+            "--new-root",
+            root.path().to_str().unwrap(),
             "--output",
-            out_path.to_str().unwrap(),
+            "/ram/usr.img",
         ],
     );
     assert_eq!(out.status.code(), Some(1));

@@ -111,8 +111,7 @@ done
 mount -t tmpfs -o mode=0755 tmpfs /newroot || fail "mounting a tmpfs as the root"
 mkdir -p /newroot/run /newroot/usr
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run || fail "mounting a tmpfs at /run"
-set -- --image-id "$NETBOOT_IMAGE_ID" --output /newroot/run/netboot/usr.img \
-	--record /newroot/run/updater/netboot.json
+set -- --image-id "$NETBOOT_IMAGE_ID" --new-root /newroot --output /run/netboot/usr.img
 [ -n "$NETBOOT_MIN_VERSION" ] && set -- "$@" --min-version "$NETBOOT_MIN_VERSION"
 if [ -n "$url" ]; then
 	set -- "$@" --url "$url"

@@ -22,8 +22,8 @@ const NETBOOT_EXAMPLES: &str = "Examples (the initramfs of image-tools pxe runs 
 /// The payload's signature is checked against the keys in ROOT/usr/lib/updater/keys.d and
 /// ROOT/etc/updater/keys.d, its compatible against --image-id, its version against
 /// --min-version; only a payload that passes every check and whose every chunk verified is
-/// left at --output, and the boot is recorded in ROOT/run/updater/netboot.json for `updater
-/// status`. An unreachable server is retried --attempts times with doubling waits; a refused
+/// left at NEW_ROOT/OUTPUT, and the boot is recorded in NEW_ROOT/run/updater/netboot.json for
+/// `updater status` (NEW_ROOT: where the initramfs mounted the root it switches to). An unreachable server is retried --attempts times with doubling waits; a refused
 /// payload is not retried and leaves nothing behind. With --stream, the newest release of the
 /// signed stream that this node's rollout position allows is fetched.
 ///
@@ -58,12 +58,13 @@ pub struct NetbootCmd {
     /// Refuse payloads older than this version.
     #[arg(long, value_name = "VERSION")]
     pub min_version: Option<String>,
-    /// Where to put the verified image (a file on a tmpfs).
+    /// The verified image, as the booted system will see it (a file on a tmpfs).
     #[arg(long, value_name = "FILE", default_value = "/run/netboot/usr.img")]
     pub output: PathBuf,
-    /// Where to write the boot record (default ROOT/run/updater/netboot.json).
-    #[arg(long, value_name = "FILE")]
-    pub record: Option<PathBuf>,
+    /// Where the root the node switches to is mounted now: the image and the boot record
+    /// are written below it.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub new_root: PathBuf,
     /// Whole-fetch attempts while the server cannot be reached.
     #[arg(long, value_name = "N", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=netboot::MAX_ATTEMPTS as i64))]
@@ -86,11 +87,15 @@ impl NetbootCmd {
         opts.attempts = self.attempts;
         opts.retry.max_delay = Duration::from_secs(self.max_delay.max(1));
         opts.retry.initial_delay = opts.retry.initial_delay.min(opts.retry.max_delay);
-        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !self.output.is_absolute() {
+            anyhow::bail!("--output {} is not an absolute path", self.output.display());
+        }
+        let output = self.new_root.join(self.output.strip_prefix("/")?);
+        if let Some(dir) = output.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        log::info!("fetching {} into {}", target.url(), self.output.display());
-        let got = netboot::run(&target, &keys, &opts, &self.output).map_err(|e| {
+        log::info!("fetching {} into {}", target.url(), output.display());
+        let got = netboot::run(&target, &keys, &opts, &output).map_err(|e| {
             let what = if e.is_transient() {
                 "giving up"
             } else {
@@ -100,11 +105,8 @@ impl NetbootCmd {
         })?;
         let mut record = got.record;
         record.peak_rss_kib = netboot::peak_rss_kib();
-        let record_path = self
-            .record
-            .clone()
-            .unwrap_or_else(|| d.root.join(RECORD_PATH));
-        record.store(&record_path)?;
+        record.image = self.output.clone();
+        record.store(&self.new_root.join(RECORD_PATH))?;
         if d.json {
             println!("{}", serde_json::to_string(&record)?);
         } else {
