@@ -3,7 +3,7 @@
 
 DEB_PACKAGES=(gdisk cgpt squashfs-tools erofs-utils dosfstools mtools busybox-static zstd e2fsprogs
   qemu-system-x86 ovmf grub-efi-amd64-bin grub-pc-bin musl-tools python3 cpio nginx
-  etcd-server etcd-client openssl)
+  etcd-server etcd-client openssl ipxe-qemu)
 
 install_deps() {
   local missing=()

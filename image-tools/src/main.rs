@@ -1,6 +1,6 @@
 //! `image-tools`: the publisher and factory binary. Parsing only; the work is in the library.
 use clap::{Parser, Subcommand};
-use image_tools::{disk, keys, mkusr, pack, publish};
+use image_tools::{disk, keys, mkusr, pack, publish, pxe};
 use std::process::ExitCode;
 
 /// Publisher and factory tools for A/B /usr updates.
@@ -23,6 +23,7 @@ enum Command {
     Mkusr(mkusr::MkusrCmd),
     Disk(disk::DiskCmd),
     Publish(publish::PublishCmd),
+    Pxe(pxe::PxeCmd),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -34,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mkusr(c) => c.run(),
         Command::Disk(c) => c.run(),
         Command::Publish(c) => c.run(),
+        Command::Pxe(c) => c.run(),
     }
 }
 

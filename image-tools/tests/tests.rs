@@ -3,3 +3,4 @@ mod disk;
 mod mkusr;
 mod pack;
 mod publish;
+mod pxe;

@@ -264,7 +264,7 @@ pub const STREAMS: &[(&str, &[&str])] =
 const STREAM_EPOCH: &str = "@1767225600";
 
 /// Runs `image-tools publish ARGS --key KEY --now STREAM_EPOCH` in-process.
-fn publish(args: &[&str], key: &str) -> anyhow::Result<()> {
+pub fn publish(args: &[&str], key: &str) -> anyhow::Result<()> {
     use clap::Parser;
     #[derive(Parser)]
     struct Publish {
@@ -282,7 +282,7 @@ fn publish(args: &[&str], key: &str) -> anyhow::Result<()> {
 
 /// Runs `image-tools pack --image IMAGE --key KEY -o OUT` in-process, through its own
 /// argument parser so its defaults (chunk size, level) apply.
-fn pack(image: &Path, key: &Path, out: &Path) -> anyhow::Result<()> {
+pub fn pack(image: &Path, key: &Path, out: &Path) -> anyhow::Result<()> {
     use clap::Parser;
     #[derive(Parser)]
     struct Pack {

@@ -39,12 +39,18 @@ pub struct CloudKernel {
 impl CloudKernel {
     /// Returns the cached kernel, downloading and unpacking it on first use.
     pub fn fetch() -> Result<CloudKernel> {
+        CloudKernel::fetch_with(&WANTED_MODULES)
+    }
+
+    /// The cached kernel with the modules `wanted` (and their dependencies) instead of
+    /// [`WANTED_MODULES`].
+    pub fn fetch_with(wanted: &[&str]) -> Result<CloudKernel> {
         let (name, version) = current_package()?;
         let key = Key::new()
             .text(&name)
             .text(&version)
-            .text(&WANTED_MODULES.join(","));
-        let dir = cached_dir("kernel", &key, |dir| unpack(&name, &version, dir))?;
+            .text(&wanted.join(","));
+        let dir = cached_dir("kernel", &key, |dir| unpack(&name, &version, wanted, dir))?;
         let order =
             fs::read_to_string(dir.join("load-order")).ctx("reading", dir.join("load-order"))?;
         Ok(CloudKernel {
@@ -116,7 +122,7 @@ fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn unpack(name: &str, version: &str, dir: &Path) -> Result<()> {
+fn unpack(name: &str, version: &str, wanted: &[&str], dir: &Path) -> Result<()> {
     let debs = cache_root()?.join("debs");
     fs::create_dir_all(&debs).ctx("creating", &debs)?;
     let deb = debs.join(format!("{name}_{}_amd64.deb", version.replace(':', "%3a")));
@@ -146,7 +152,7 @@ fn unpack(name: &str, version: &str, dir: &Path) -> Result<()> {
     let mut index = HashMap::new();
     index_modules(&x.path().join("lib/modules"), &mut index)?;
     let mut order = Vec::new();
-    for m in WANTED_MODULES {
+    for m in wanted {
         resolve(m, &index, &mut order, &mut Vec::new())?;
     }
     let modules = dir.join("modules");

@@ -12,6 +12,8 @@
 //!   up on drop.
 //! - [`grub`]: the GRUB build with our gptprio module.
 //! - [`firstboot`]: the factory disk and first-boot hook of the first-boot scenario.
+//! - [`pxe`]: RAM-booted nodes: netboot payloads, stream and artifacts, diskless machines on
+//!   restricted user networking with a forward to the test's HTTP server ([`http`]).
 //!
 //! ```
 //! use qemu_tests::machine::{Firmware, MachineConfig};
@@ -21,14 +23,16 @@
 #![deny(missing_docs)]
 
 pub mod cache;
-pub mod cpio;
+pub use image_tools::cpio;
 pub mod cycle;
 pub mod disk;
 mod error;
 pub mod firstboot;
 pub mod grub;
+pub mod http;
 pub mod kernel;
 pub mod machine;
+pub mod pxe;
 pub mod testos;
 
 pub use error::{Error, Result};

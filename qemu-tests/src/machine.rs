@@ -102,6 +102,8 @@ pub struct MachineConfig {
     pub direct_kernel: Option<DirectKernel>,
     /// Exit QEMU when the guest reboots instead of resetting it.
     pub exit_on_reboot: bool,
+    /// More QEMU arguments, after all others (network devices, say).
+    pub extra_args: Vec<String>,
 }
 
 impl MachineConfig {
@@ -118,6 +120,7 @@ impl MachineConfig {
             memory_mib: 512,
             direct_kernel: None,
             exit_on_reboot: false,
+            extra_args: Vec::new(),
         }
     }
 
@@ -212,6 +215,7 @@ impl MachineConfig {
                 k.append.clone(),
             ]);
         }
+        a.extend(self.extra_args.iter().cloned());
         a
     }
 }

@@ -9,7 +9,8 @@ export PATH=/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /run
+# A RAM-booted node's initramfs hands over its /run (the /usr image and the netboot record).
+grep -q " /run " /proc/mounts || mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 dmesg -n 1
 # shellcheck source=/dev/null

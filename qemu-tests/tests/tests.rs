@@ -3,5 +3,6 @@ mod boot;
 mod cycle;
 mod firstboot;
 mod grub_vectors;
+mod pxe;
 mod testos;
 mod util;

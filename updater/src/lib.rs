@@ -14,7 +14,8 @@
 //! [`stream`] (signed release streams and the rollout rule), [`window`] (maintenance windows),
 //! [`agent`] (the update agent: poll, decide, install, reboot by strategy), [`fleet`]
 //! (fleet reboots: FleetLock and etcd reboot slots, halt records), [`firstboot`]
-//! (grow ROOT to the disk's end and apply the OEM data on a freshly flashed box).
+//! (grow ROOT to the disk's end and apply the OEM data on a freshly flashed box), [`netboot`]
+//! (RAM-booted nodes: a verified /usr fetched into RAM by the initramfs).
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod history;
 pub mod install;
 pub mod lock;
+pub mod netboot;
 pub mod osrelease;
 pub mod payload;
 pub mod source;

@@ -1,7 +1,7 @@
 //! `updater`: the device binary. Parsing and dispatch only; the work is in the library.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use updater::cli::{agent, cycle, firstboot, fleet, install, GlobalArgs};
+use updater::cli::{agent, cycle, firstboot, fleet, install, netboot, GlobalArgs};
 
 /// A/B /usr updater: install signed images into the passive slot, then commit or roll back.
 ///
@@ -29,6 +29,7 @@ enum Command {
     Agent(agent::AgentCmd),
     Firstboot(firstboot::FirstbootCmd),
     Fleet(fleet::FleetCmd),
+    Netboot(netboot::NetbootCmd),
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -44,6 +45,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(c) => c.run(&cli.global),
         Command::Firstboot(c) => c.run(&cli.global),
         Command::Fleet(c) => c.run(&cli.global),
+        Command::Netboot(c) => c.run(&cli.global),
     }
 }
 

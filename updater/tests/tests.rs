@@ -10,6 +10,7 @@ mod hardening;
 mod health;
 mod http;
 mod install;
+mod netboot;
 mod netfaults;
 mod payload;
 mod util;

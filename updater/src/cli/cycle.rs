@@ -91,6 +91,9 @@ pub struct StatusCmd {}
 impl StatusCmd {
     /// Runs the command.
     pub fn run(&self, d: &GlobalArgs) -> anyhow::Result<std::process::ExitCode> {
+        if let Some(code) = super::netboot::ram_status(d)? {
+            return Ok(code);
+        }
         let status = Cycle::new(d.device()?)
             .with_lock_wait(d.lock_wait())
             .status()?;

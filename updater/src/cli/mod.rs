@@ -9,6 +9,7 @@ pub mod cycle;
 pub mod firstboot;
 pub mod fleet;
 pub mod install;
+pub mod netboot;
 pub mod progress;
 
 use crate::device::DeviceSpec;

@@ -5,7 +5,7 @@
 //! `/dev/console` without root privileges.
 //!
 //! ```
-//! use qemu_tests::cpio::CpioWriter;
+//! use image_tools::cpio::CpioWriter;
 //! let mut w = CpioWriter::new(Vec::new());
 //! w.dir("bin", 0o755).unwrap();
 //! w.file("bin/hello", 0o755, b"#!/bin/sh\necho hi\n").unwrap();
