@@ -2,10 +2,12 @@
 //!
 //! One module per subcommand family: [`keys`] (keygen), [`pack`] (pack, verify, inspect),
 //! [`mkusr`] (build a /usr filesystem image), [`disk`] (assemble a bootable GPT disk image),
+//! [`flash`] (write that layout onto devices from signed payloads),
 //! [`publish`] (signed release streams and the payload tree they list).
 #![deny(missing_docs)]
 
 pub mod disk;
+pub mod flash;
 pub mod keys;
 pub mod mkusr;
 pub mod pack;
