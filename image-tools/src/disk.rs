@@ -16,7 +16,7 @@
 //! `DISK.IMG.tmp` and renamed over `DISK.IMG` only when complete.
 //!
 //! The GRUB files come from the directory `grub-patches/build.sh` prints ([`GrubFiles`]), by
-//! default the one `build.sh --install` fills ([`GRUB_INSTALL_DIR`], see [`grub_dir`]).
+//! default the one `grub-patches/install.sh` fills ([`GRUB_INSTALL_DIR`], see [`grub_dir`]).
 //!
 //! ```no_run
 //! use image_tools::disk::{assemble, DiskSpec, GrubFiles};
@@ -598,7 +598,7 @@ fn parse_sector_size(s: &str) -> Result<u32, String> {
 const DISK_EXAMPLE: &str = "Example:
   image-tools disk --usr usr.img -o disk.img --usr-size 512M \\
     --grub-dir \"$(grub-patches/build.sh | tail -n1)\"
-  grub-patches/build.sh --install   # once; then --grub-dir may be left out";
+  grub-patches/install.sh   # once; then --grub-dir may be left out";
 
 /// Assemble a bootable GPT disk image (ESP+GRUB, BIOS-BOOT, USR-A, USR-B, OEM, ROOT).
 ///
@@ -628,12 +628,12 @@ pub struct DiskCmd {
     #[arg(long, value_name = "DIR")]
     root_dir: Option<PathBuf>,
     /// GRUB artifacts, as printed by grub-patches/build.sh [default: $IMAGE_TOOLS_GRUB_DIR,
-    /// else /usr/lib/ab-updater/grub, where `grub-patches/build.sh --install` puts them].
+    /// else /usr/lib/ab-updater/grub, where `grub-patches/install.sh` puts them].
     #[arg(long, value_name = "DIR")]
     grub_dir: Option<PathBuf>,
 }
 
-/// Where `grub-patches/build.sh --install` installs the GRUB artifacts, and where `disk` and
+/// Where `grub-patches/install.sh` installs the GRUB artifacts, and where `disk` and
 /// `flash` look for them when neither `--grub-dir` nor `$IMAGE_TOOLS_GRUB_DIR` is given.
 pub const GRUB_INSTALL_DIR: &str = "/usr/lib/ab-updater/grub";
 
@@ -657,8 +657,9 @@ fn grub_dir_from(
         (None, Some(d)) => Ok(d),
         (None, None) if installed.is_dir() => Ok(installed.to_path_buf()),
         (None, None) => anyhow::bail!(
-            "no GRUB artifacts: {} does not exist; install them with `grub-patches/build.sh \
-             --install` or pass --grub-dir DIR (the directory grub-patches/build.sh prints)",
+            "no GRUB artifacts: {} does not exist; install them with \
+             `grub-patches/install.sh` or pass --grub-dir DIR (the directory \
+             grub-patches/build.sh prints)",
             installed.display()
         ),
     }
@@ -717,8 +718,9 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "no GRUB artifacts: {} does not exist; install them with `grub-patches/build.sh \
-                 --install` or pass --grub-dir DIR (the directory grub-patches/build.sh prints)",
+                "no GRUB artifacts: {} does not exist; install them with \
+                 `grub-patches/install.sh` or pass --grub-dir DIR (the directory \
+             grub-patches/build.sh prints)",
                 missing.display()
             )
         );

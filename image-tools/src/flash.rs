@@ -180,6 +180,17 @@ pub struct FlashSpec {
     pub now: u64,
 }
 
+/// The partition sizes of a flash: USR partitions of `usr_size` (whole MiB), ROOT at least
+/// `root_size`, the default ESP and BIOS-BOOT, and a [`DEFAULT_OEM_SIZE`] OEM.
+pub fn layout_sizes(usr_size: u64, root_size: u64) -> LayoutSizes {
+    LayoutSizes {
+        usr: usr_size.div_ceil(MIB).max(1) * MIB,
+        oem: DEFAULT_OEM_SIZE,
+        min_root: root_size,
+        ..LayoutSizes::default()
+    }
+}
+
 /// A verified payload for one slot.
 #[derive(Debug, Clone)]
 struct SlotPayload {
@@ -238,7 +249,8 @@ impl Job {
                 });
             }
         }
-        let usr = spec.usr_size.div_ceil(MIB).max(1) * MIB;
+        let sizes = layout_sizes(spec.usr_size, spec.root_size);
+        let usr = sizes.usr;
         for p in std::iter::once(&a).chain(&b) {
             if p.prelude.manifest.image_size > usr {
                 return Err(FlashError::ImageTooLarge {
@@ -248,12 +260,6 @@ impl Job {
                 });
             }
         }
-        let sizes = LayoutSizes {
-            usr,
-            oem: DEFAULT_OEM_SIZE,
-            min_root: spec.root_size,
-            ..LayoutSizes::default()
-        };
         let scratch = tempfile::Builder::new()
             .prefix(".image-tools-flash-")
             .tempdir()
@@ -1027,15 +1033,7 @@ impl FlashCmd {
                 anyhow::bail!("{} is given twice", p.display());
             }
         }
-        let min = layout::min_disk_bytes(
-            &LayoutSizes {
-                usr: self.usr_size.div_ceil(MIB).max(1) * MIB,
-                oem: DEFAULT_OEM_SIZE,
-                min_root: self.root_size,
-                ..LayoutSizes::default()
-            },
-            512,
-        );
+        let min = layout::min_disk_bytes(&layout_sizes(self.usr_size, self.root_size), 512);
         // Open and check every target first: refusals are per device.
         let mut opened = Vec::new();
         let mut refused = Vec::new();
