@@ -145,6 +145,14 @@ pub enum FlashError {
         /// What is wrong.
         reason: String,
     },
+    /// A disk-image payload does not hold a disk with the DESIGN §3 layout.
+    #[error("payload {} is not a disk image with the A/B layout: {reason}", path.display())]
+    NotADiskImage {
+        /// The payload.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file of the job could not be read.
     #[error("{what}")]
     Io {
@@ -158,14 +166,16 @@ pub enum FlashError {
 /// Everything a flash job needs.
 #[derive(Debug, Clone)]
 pub struct FlashSpec {
-    /// Payload for USR-A.
+    /// Payload for USR-A, or with `disk_image` a payload of a whole disk image.
     pub payload_a: PathBuf,
+    /// `payload_a` holds a whole disk image (`image-tools disk`, packed), not a /usr image.
+    pub disk_image: bool,
     /// Payload for USR-B (both slots filled), or `None` (USR-B empty).
     pub payload_b: Option<PathBuf>,
     /// Keys the payloads must be signed with.
     pub keys: TrustedKeys,
-    /// GRUB artifacts.
-    pub grub: GrubFiles,
+    /// GRUB artifacts (not needed for a disk image, which has its own).
+    pub grub: Option<GrubFiles>,
     /// Size of each USR partition.
     pub usr_size: u64,
     /// Size of the ROOT filesystem (the partition takes the rest of the device).
@@ -204,9 +214,107 @@ pub struct Job {
     b: Option<SlotPayload>,
     sizes: LayoutSizes,
     system: BTreeMap<u32, SystemRegions>,
+    image: Option<DiskImage>,
     oem: Option<Region>,
     preserve_on_error: bool,
     _scratch: tempfile::TempDir,
+}
+
+/// A signed whole-disk image: its partition table and MBR boot code, read from its verified
+/// first chunks.
+struct DiskImage {
+    table: Gpt,
+    mbr_boot_code: Vec<u8>,
+}
+
+/// The first bytes of a disk image as a [`Storage`] of the image's full length: reads beyond
+/// them fail, so the backup table (at the image's end) reads as invalid and the primary is used.
+struct ImageHead {
+    head: Vec<u8>,
+    len: u64,
+}
+
+impl Storage for ImageHead {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn device_sector_size(&self) -> Option<u32> {
+        None
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset as usize + buf.len();
+        match self.head.get(offset as usize..end) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                Ok(())
+            }
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decodes the verified chunks covering the first [`MIB`] of a disk-image payload and reads
+/// its partition table.
+fn read_disk_image(slot: &SlotPayload) -> Result<DiskImage, FlashError> {
+    let bad = |source| FlashError::Payload {
+        path: slot.path.clone(),
+        source,
+    };
+    let m = &slot.prelude.manifest;
+    let mut f = File::open(&slot.path).map_err(|e| bad(ReadError::Io(e)))?;
+    let first = slot
+        .prelude
+        .chunks
+        .entries
+        .first()
+        .map_or(0, |e| e.payload_offset);
+    io::Seek::seek(&mut f, io::SeekFrom::Start(first)).map_err(|e| bad(ReadError::Io(e)))?;
+    let mut r = BufReader::new(f);
+    let mut decoder = ChunkDecoder::new().map_err(|e| bad(ReadError::Io(e)))?;
+    let (mut frame, mut out, mut head) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, entry) in slot.prelude.chunks.entries.iter().enumerate() {
+        if head.len() as u64 >= MIB.min(m.image_size) {
+            break;
+        }
+        payload::read_frame(&mut r, i as u32, entry, &mut frame).map_err(bad)?;
+        decoder
+            .decode(i as u32, entry, &frame, &mut out)
+            .map_err(|e| bad(ReadError::Payload(e)))?;
+        head.extend_from_slice(&out);
+    }
+    let not_disk = |reason: String| FlashError::NotADiskImage {
+        path: slot.path.clone(),
+        reason,
+    };
+    let mut disk = ImageHead {
+        head,
+        len: m.image_size,
+    };
+    let state = gpt::read(&mut disk, None).map_err(|e| not_disk(one_line(&e)))?;
+    state
+        .entries
+        .map_err(|e| not_disk(format!("its partition table is bad: {e}")))?;
+    let table = state.gpt;
+    for (n, label) in [(3, "USR-A"), (4, "USR-B")] {
+        let e = table.entry(n);
+        if e.type_guid != bootctl::guid::USR_TYPE || e.name != label {
+            return Err(not_disk(format!(
+                "partition {n} is not a usr partition labelled {label}"
+            )));
+        }
+    }
+    let mut mbr_boot_code = disk.head;
+    mbr_boot_code.truncate(disk::bios::BOOT_CODE_END);
+    Ok(DiskImage {
+        table,
+        mbr_boot_code,
+    })
 }
 
 fn verify_payload(path: &Path, keys: &TrustedKeys, now: u64) -> Result<SlotPayload, FlashError> {
@@ -249,9 +357,22 @@ impl Job {
                 });
             }
         }
-        let sizes = layout_sizes(spec.usr_size, spec.root_size);
+        let image = if spec.disk_image {
+            Some(read_disk_image(&a)?)
+        } else {
+            None
+        };
+        let mut sizes = layout_sizes(spec.usr_size, spec.root_size);
+        if let Some(img) = &image {
+            sizes.usr = disk::partition_range(&img.table, 4).1;
+        }
         let usr = sizes.usr;
-        for p in std::iter::once(&a).chain(&b) {
+        let slot_payloads = if image.is_some() {
+            b.iter().collect::<Vec<_>>()
+        } else {
+            std::iter::once(&a).chain(&b).collect()
+        };
+        for p in slot_payloads {
             if p.prelude.manifest.image_size > usr {
                 return Err(FlashError::ImageTooLarge {
                     path: p.path.clone(),
@@ -269,7 +390,35 @@ impl Job {
             })?;
         let mut system = BTreeMap::new();
         let mut oem = None;
-        for &ss in sector_sizes {
+        if let (Some(img), Some(tree)) = (&image, &spec.oem_dir) {
+            let (off, len) = disk::partition_range(&img.table, 6);
+            let e = img.table.entry(6);
+            if !e.is_used() || e.name != "OEM" {
+                return Err(FlashError::NotADiskImage {
+                    path: a.path.clone(),
+                    reason: "partition 6 is not labelled OEM (needed by --oem)".into(),
+                });
+            }
+            let file = scratch.path().join("oem.img");
+            disk::mkfs::make_ext4(&file, len, "OEM", tree)?;
+            oem = Some(Region {
+                label: "OEM".into(),
+                offset: off,
+                source: RegionSource::File(file),
+            });
+        }
+        let layout_sector_sizes = if image.is_some() {
+            &[][..]
+        } else {
+            sector_sizes
+        };
+        for &ss in layout_sector_sizes {
+            let Some(grub) = &spec.grub else {
+                return Err(FlashError::Io {
+                    what: "no GRUB artifacts given".into(),
+                    source: io::ErrorKind::NotFound.into(),
+                });
+            };
             if system.contains_key(&ss) {
                 continue;
             }
@@ -282,7 +431,7 @@ impl Job {
             })?;
             let regions = disk::system_regions(
                 &table,
-                &spec.grub,
+                grub,
                 &disk::RootContent {
                     bytes: spec.root_size,
                     tree: spec.root_dir.as_deref(),
@@ -306,15 +455,24 @@ impl Job {
             b,
             sizes,
             system,
+            image,
             oem,
             preserve_on_error: spec.preserve_on_error,
             _scratch: scratch,
         })
     }
 
-    /// The smallest device the layout fits.
+    /// The smallest device the layout (or the disk image) fits.
     pub fn min_bytes(&self) -> u64 {
-        layout::min_disk_bytes(&self.sizes, 512)
+        match &self.image {
+            Some(_) => self.a.prelude.manifest.image_size,
+            None => layout::min_disk_bytes(&self.sizes, 512),
+        }
+    }
+
+    /// The sector size a disk-image payload's table is laid out for (`None`: any).
+    pub fn image_sector_size(&self) -> Option<u32> {
+        self.image.as_ref().map(|i| i.table.sector_size)
     }
 
     /// The signed manifest of USR-A's payload.
@@ -586,28 +744,52 @@ impl<S: Storage> Flash<'_, S> {
         Ok(())
     }
 
-    /// Writes a slot's image from the decoder's verified chunks.
-    fn slot(
+    /// Writes a payload's image at `offset` from the decoder's verified chunks, except the
+    /// byte ranges in `skip` (relative to the image; sorted, not overlapping). Each stretch
+    /// written is recorded with the SHA-256 of its bytes.
+    fn stream(
         &mut self,
         label: &str,
         offset: u64,
         p: &SlotPayload,
+        skip: &[(u64, u64)],
         rx: &Receiver<Item>,
     ) -> Result<(), FlashError> {
+        let size = p.prelude.manifest.image_size;
+        let mut gaps = Vec::new();
+        let mut from = 0;
+        for &(a, b) in skip.iter().chain([(size, size)].iter()) {
+            if a.min(size) > from {
+                gaps.push((from, a.min(size), Sha256::new()));
+            }
+            from = from.max(b);
+        }
         loop {
             match rx.recv() {
-                Ok(Item::Chunk(at, data)) => self.write(label, offset + at, &data)?,
+                Ok(Item::Chunk(at, data)) => {
+                    let end = at + data.len() as u64;
+                    for (ga, gb, h) in gaps.iter_mut() {
+                        let (a, b) = (at.max(*ga), end.min(*gb));
+                        if a < b {
+                            let part = &data[(a - at) as usize..(b - at) as usize];
+                            self.write(label, offset + a, part)?;
+                            h.update(part);
+                        }
+                    }
+                }
                 Ok(Item::End) => break,
                 Ok(Item::Failed(msg)) => return Err(FlashError::Stream(msg.to_string())),
                 Err(_) => return Err(FlashError::Stream("the payload decoder stopped".into())),
             }
         }
-        self.written.push(Written {
-            label: label.into(),
-            offset,
-            bytes: p.prelude.manifest.image_size,
-            sha256: p.prelude.manifest.image_sha256,
-        });
+        for (a, b, h) in gaps {
+            self.written.push(Written {
+                label: label.into(),
+                offset: offset + a,
+                bytes: b - a,
+                sha256: Sha256Digest(h.finalize().into()),
+            });
+        }
         Ok(())
     }
 
@@ -683,20 +865,41 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The table for a device: the standard layout with fresh GUIDs, boot state set.
+/// The table for a device: the standard layout (or the disk image's partitions) with fresh
+/// random disk and partition GUIDs, the backup at the device's end, boot state set.
 fn device_table(job: &Job, len: u64, ss: u32) -> Result<Gpt, bootctl::Error> {
-    let mut table = layout::standard(len, ss, &job.sizes)?;
-    if job.b.is_some() {
-        let both = |priority| {
-            SlotAttrs {
-                priority,
-                tries: 0,
-                successful: true,
+    let random = || {
+        bootctl::Guid::random().map_err(|source| bootctl::Error::Io {
+            action: "reading /dev/urandom for a GUID".into(),
+            source,
+        })
+    };
+    let mut table = match &job.image {
+        None => layout::standard(len, ss, &job.sizes)?,
+        Some(img) => {
+            let mut t = Gpt::new(len, ss, random()?)?;
+            for (n, mut e) in img.table.used_entries() {
+                e.unique_guid = random()?;
+                t.set_entry(n, &e);
             }
-            .apply(0)
-        };
-        table.set_attributes(3, both(2));
-        table.set_attributes(4, both(1));
+            t
+        }
+    };
+    let set = |t: &mut Gpt, n: u32, priority: u8, successful: bool| {
+        let a = SlotAttrs {
+            priority,
+            tries: 0,
+            successful,
+        }
+        .apply(t.entry(n).attributes);
+        t.set_attributes(n, a);
+    };
+    if job.b.is_some() {
+        set(&mut table, 3, 2, true);
+        set(&mut table, 4, 1, true);
+    } else {
+        set(&mut table, 3, 1, true);
+        set(&mut table, 4, 0, false);
     }
     Ok(table)
 }
@@ -739,13 +942,22 @@ fn flash_device<S: Storage>(
             return record;
         }
     };
-    let Some(system) = job.system.get(&ss) else {
-        record.error = Some(format!(
-            "{}: no disk content prepared for {ss}-byte sectors",
-            dev.name.display()
-        ));
-        return record;
+    let system = job.system.get(&ss);
+    let usable = match job.image_sector_size() {
+        Some(image_ss) => image_ss == ss,
+        None => system.is_some(),
     };
+    if !usable {
+        record.error = Some(format!(
+            "refusing {}: no disk content for its {ss}-byte sectors{}",
+            dev.name.display(),
+            job.image_sector_size().map_or(String::new(), |i| format!(
+                " (the disk image is for {i}-byte sectors)"
+            ))
+        ));
+        reporter.progress(index, Phase::Failed, 0, 0);
+        return record;
+    }
     // What will be written and read back, for the progress total.
     let region_len = |r: &Region| match &r.source {
         RegionSource::Bytes(b) => b.len() as u64,
@@ -757,7 +969,7 @@ fn flash_device<S: Storage>(
         .map(|(p, _)| p.prelude.manifest.image_size)
         .sum();
     let content = slot_bytes
-        + system.regions.iter().map(region_len).sum::<u64>()
+        + system.map_or(0, |s| s.regions.iter().map(region_len).sum::<u64>())
         + job.oem.as_ref().map_or(MIB, region_len)
         + if job.b.is_none() { MIB } else { 0 };
     let total = 2 * MIB + 2 * content;
@@ -852,29 +1064,55 @@ fn flash_device<S: Storage>(
 fn run_steps<S: Storage>(
     f: &mut Flash<'_, S>,
     table: &Gpt,
-    system: &SystemRegions,
+    system: Option<&SystemRegions>,
     rx: &Receiver<Item>,
 ) -> Result<(), FlashError> {
     let job = f.job;
+    let mbr_boot_code = match &job.image {
+        Some(img) => Some(&img.mbr_boot_code),
+        None => system.and_then(|s| s.mbr_boot_code.as_ref()),
+    };
     // 1. Not bootable from here on.
     f.meter.phase(Phase::Wiping);
     f.wipe()?;
 
     // 2. Everything but the part that makes the device bootable.
     f.meter.phase(Phase::Writing);
-    for (p, n) in job.slots() {
-        let (off, _) = disk::partition_range(table, n);
-        f.slot(&table.entry(n).name, off, p, rx)?;
+    if let Some(img) = &job.image {
+        // The disk image but its tables (and what --oem and --payload-b replace).
+        let ss = u64::from(img.table.sector_size);
+        let size = job.a.prelude.manifest.image_size;
+        let mut skip = vec![
+            (0, img.table.first_usable_lba * ss),
+            (img.table.backup_entries_lba * ss, size),
+        ];
+        if job.oem.is_some() {
+            let (o, l) = disk::partition_range(&img.table, 6);
+            skip.push((o, o + l));
+        }
+        if job.b.is_some() {
+            let (o, l) = disk::partition_range(&img.table, 4);
+            skip.push((o, o + l));
+        }
+        skip.sort_unstable();
+        f.stream("disk image", 0, &job.a, &skip, rx)?;
+    } else {
+        let (off, _) = disk::partition_range(table, 3);
+        f.stream("USR-A", off, &job.a, &[], rx)?;
     }
-    if job.b.is_none() {
+    if let Some(b) = &job.b {
+        let (off, _) = disk::partition_range(table, 4);
+        f.stream("USR-B", off, b, &[], rx)?;
+    } else if job.image.is_none() {
         let (off, _) = disk::partition_range(table, 4);
         f.zero("USR-B", off, MIB)?;
     }
-    for r in &system.regions {
+    for r in system.iter().flat_map(|s| &s.regions) {
         f.region(r)?;
     }
     match &job.oem {
         Some(r) => f.region(r)?,
+        None if job.image.is_some() => {}
         None => {
             let (off, _) = disk::partition_range(table, 6);
             f.zero("OEM", off, MIB)?;
@@ -888,7 +1126,7 @@ fn run_steps<S: Storage>(
 
     // 4. The bootable part: boot code, then the table (backup first, then primary).
     f.meter.phase(Phase::Finalizing);
-    if let Some(code) = &system.mbr_boot_code {
+    if let Some(code) = mbr_boot_code {
         f.write("the MBR boot code", 0, code)?;
     }
     let table_err = |e: bootctl::Error, name: &Path| FlashError::Table {
@@ -913,7 +1151,7 @@ fn run_steps<S: Storage>(
     if !state.backup_at_end() {
         return Err(mismatch("the backup table is not at the device's end"));
     }
-    if let Some(code) = &system.mbr_boot_code {
+    if let Some(code) = mbr_boot_code {
         let mut back = vec![0u8; code.len()];
         let e = f.dev_err("reading back the MBR boot code".into());
         f.dev.read_at(0, &mut back).map_err(e)?;
@@ -970,8 +1208,13 @@ pub struct FlashCmd {
     #[arg(long = "to", value_name = "DEV", required = true)]
     to: Vec<PathBuf>,
     /// Signed payload for USR-A (committed, booted first).
-    #[arg(long, value_name = "PAYLOAD")]
-    payload: PathBuf,
+    #[arg(long, value_name = "PAYLOAD", required_unless_present = "disk_payload")]
+    payload: Option<PathBuf>,
+    /// Signed payload of a whole disk image (`image-tools disk`, then `image-tools pack
+    /// --image disk.img --image-id ID --image-version V`): written but for its tables, which
+    /// are made anew (fresh GUIDs, backup at the device's end). Instead of --payload.
+    #[arg(long, value_name = "PAYLOAD", conflicts_with_all = ["payload", "root_dir"])]
+    disk_payload: Option<PathBuf>,
     /// Signed payload for USR-B: both slots filled and committed, A preferred.
     #[arg(long, value_name = "PAYLOAD")]
     payload_b: Option<PathBuf>,
@@ -1010,14 +1253,23 @@ pub struct FlashCmd {
 impl FlashCmd {
     /// Runs the command.
     pub fn run(&self) -> anyhow::Result<()> {
-        let grub = GrubFiles::from_dir(&disk::grub_dir(self.grub_dir.as_deref())?)?;
+        let grub = match self.disk_payload {
+            Some(_) => None,
+            None => Some(GrubFiles::from_dir(&disk::grub_dir(
+                self.grub_dir.as_deref(),
+            )?)?),
+        };
         let keys = self
             .pubkey
             .iter()
             .map(|p| TrustedKeys::load_file(p))
             .collect::<Result<Vec<_>, _>>()?;
         let spec = FlashSpec {
-            payload_a: self.payload.clone(),
+            payload_a: match (&self.payload, &self.disk_payload) {
+                (Some(p), _) | (None, Some(p)) => p.clone(),
+                (None, None) => anyhow::bail!("give --payload or --disk-payload"),
+            },
+            disk_image: self.disk_payload.is_some(),
             payload_b: self.payload_b.clone(),
             keys: TrustedKeys::new(keys),
             grub,
@@ -1033,12 +1285,11 @@ impl FlashCmd {
                 anyhow::bail!("{} is given twice", p.display());
             }
         }
-        let min = layout::min_disk_bytes(&layout_sizes(self.usr_size, self.root_size), 512);
         // Open and check every target first: refusals are per device.
         let mut opened = Vec::new();
         let mut refused = Vec::new();
         for (i, p) in self.to.iter().enumerate() {
-            match target::Target::open(p, self.sector_size, min) {
+            match target::Target::open(p, self.sector_size, 0) {
                 Ok(t) => {
                     if opened
                         .iter()
@@ -1055,6 +1306,14 @@ impl FlashCmd {
         sizes.sort_unstable();
         sizes.dedup();
         let job = Job::prepare(&spec, &sizes).context("preparing the flash")?;
+        let mut fits = Vec::new();
+        for (i, t) in opened {
+            match t.check_size(job.min_bytes()) {
+                Ok(()) => fits.push((i, t)),
+                Err(e) => refused.push((i, t.path.clone(), e)),
+            }
+        }
+        let opened = fits;
 
         let names: Vec<String> = opened
             .iter()

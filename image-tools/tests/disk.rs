@@ -79,7 +79,7 @@ impl Fixture {
             .unwrap()
     }
 
-    fn good_disk(&self, out: &str, sector_size: u32) -> PathBuf {
+    pub(crate) fn good_disk(&self, out: &str, sector_size: u32) -> PathBuf {
         let o = self.disk(out, &["--sector-size", &sector_size.to_string()]);
         assert!(
             o.status.success(),

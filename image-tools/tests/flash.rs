@@ -85,9 +85,10 @@ impl Flash {
     fn spec(&self) -> FlashSpec {
         FlashSpec {
             payload_a: self.f.path("a.payload"),
+            disk_image: false,
             payload_b: None,
             keys: TrustedKeys::new([self.key.verifying_key()]),
-            grub: image_tools::disk::GrubFiles::from_dir(&self.f.path("grub")).unwrap(),
+            grub: Some(image_tools::disk::GrubFiles::from_dir(&self.f.path("grub")).unwrap()),
             usr_size: 16 * MIB,
             root_size: 32 * MIB,
             root_dir: None,
@@ -267,6 +268,64 @@ fn flashes_several_loop_devices_of_both_sector_sizes_at_once() {
     guids.sort();
     guids.dedup();
     assert_eq!(guids.len(), n, "no two devices or partitions share a GUID");
+}
+
+#[test]
+fn a_signed_disk_image_is_flashed_with_fresh_guids_and_its_backup_table_at_the_device_end() {
+    let t = Flash::new();
+    let image = t.f.good_disk("golden.img", 512);
+    let golden = fs::read(&image).unwrap();
+    let disk_payload = t.payload("disk.payload", "1.0", &golden);
+    let backing = t.blank("dev.img", golden.len() as u64 + 40 * MIB);
+    let Some(l) = Loop::new(&backing, 512) else {
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_image-tools"))
+        .arg("flash")
+        .arg("--disk-payload")
+        .arg(&disk_payload)
+        .arg("--pubkey")
+        .arg(t.f.path("release.pub"))
+        .arg("--oem")
+        .arg(t.f.path("oem"))
+        .arg("--to")
+        .arg(&l.dev)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = tool(Command::new("sgdisk").arg("-v").arg(&l.dev));
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let mut g = FileDisk::open(&image, false).unwrap();
+    let old = gpt::read(&mut g, Some(512)).unwrap().gpt;
+    let mut d = FileDisk::open(&l.dev, false).unwrap();
+    let state = gpt::read(&mut d, Some(512)).unwrap();
+    assert!(state.backup_at_end() && state.copies_match);
+    let new = state.gpt;
+    assert_eq!(new.backup_lba, (golden.len() as u64 + 40 * MIB) / 512 - 1);
+    assert_ne!(new.disk_guid, old.disk_guid);
+    for (n, e) in old.used_entries() {
+        let f = new.entry(n);
+        assert_eq!(
+            (f.first_lba, f.last_lba, &f.name),
+            (e.first_lba, e.last_lba, &e.name)
+        );
+        assert_ne!(
+            f.unique_guid, e.unique_guid,
+            "partition {n} has a fresh GUID"
+        );
+    }
+    assert_eq!(attrs(&new, 3), (1, 0, true));
+    for n in [1, 3] {
+        let (off, len) = range(&new, n);
+        assert!(
+            read_at(&backing, off, len as usize) == golden[off as usize..(off + len) as usize],
+            "partition {n} is the image's"
+        );
+    }
+    let oem_file = ext4_file(&backing, &new, 6, "/etc/board.conf", &t.f.path(""));
+    assert_eq!(oem_file, "board=rev-c\n");
+    assert_eq!(records(&o)[0]["left"], "bootable");
 }
 
 #[test]

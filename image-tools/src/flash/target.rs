@@ -209,14 +209,7 @@ impl Target {
                 reason: format!("sector size {sector_size} is not supported (512 or 4096)"),
             });
         }
-        if len < min_bytes {
-            return Err(TargetError::TooSmall {
-                device: path.into(),
-                bytes: len,
-                needed: min_bytes,
-            });
-        }
-        Ok(Target {
+        let t = Target {
             path: path.into(),
             len,
             sector_size,
@@ -229,7 +222,21 @@ impl Target {
             },
             file,
             direct,
-        })
+        };
+        t.check_size(min_bytes)?;
+        Ok(t)
+    }
+
+    /// Refuses a target smaller than `min_bytes`.
+    pub fn check_size(&self, min_bytes: u64) -> Result<(), TargetError> {
+        if self.len < min_bytes {
+            return Err(TargetError::TooSmall {
+                device: self.path.clone(),
+                bytes: self.len,
+                needed: min_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Asks the kernel to re-read the partition table (block devices; errors are ignored: a
