@@ -82,7 +82,7 @@ timed() {
   t0=$(now)
   "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; return 1; }
   t1=$(now)
-  echo "$t1 - $t0" | bc -l
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 run_flash() {
   local args=() d
@@ -110,12 +110,13 @@ best() { # best (lowest) seconds of RUNS runs of "$@"
   local b="" s r
   for r in $(seq "$RUNS"); do
     s=$(timed "$@")
-    if [ -z "$b" ] || [ "$(echo "$s < $b" | bc -l)" = 1 ]; then b=$s; fi
+    if [ -z "$b" ] || awk -v s="$s" -v b="$b" 'BEGIN { exit !(s < b) }'; then b=$s; fi
     : "$r"
   done
   echo "$b"
 }
-mibs() { echo "scale=1; $DISK_BYTES * $1 / 1048576 / $2" | bc -l; }
+mibs() { awk -v d="$DISK_BYTES" -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", d * n / 1048576 / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 printf '\n%-8s %-8s %10s %12s\n' tool devices seconds "MiB/s total"
 declare -A T
@@ -131,9 +132,9 @@ for n in 1 "$NDEV"; do
 done
 echo
 for n in 1 "$NDEV"; do
-  printf 'devices=%s  flash/dd throughput ratio: %.2f' "$n" "$(echo "${T[dd$n]} / ${T[flash$n]}" | bc -l)"
+  printf 'devices=%s  flash/dd throughput ratio: %s' "$n" "$(ratio "${T[dd$n]}" "${T[flash$n]}")"
   if [ -n "${T[coreos$n]:-}" ]; then
-    printf '  flash/coreos-installer: %.2f' "$(echo "${T[coreos$n]} / ${T[flash$n]}" | bc -l)"
+    printf '  flash/coreos-installer: %s' "$(ratio "${T[coreos$n]}" "${T[flash$n]}")"
   else
     printf '  coreos-installer: not installed (cargo install coreos-installer)'
   fi

@@ -1374,12 +1374,16 @@ impl FlashCmd {
                     r.disk_guid.as_deref().unwrap_or("")
                 );
             } else {
+                let error = r.error.as_deref().unwrap_or("");
+                // Refusals and device errors name the device already.
+                let prefix = if error.contains(&r.device) {
+                    String::new()
+                } else {
+                    format!("{}: ", r.device)
+                };
                 eprintln!(
-                    "image-tools: {}: {} ({}; left {})",
-                    r.device,
-                    r.error.as_deref().unwrap_or(""),
-                    r.result,
-                    r.left
+                    "image-tools: {prefix}{error} ({}; left {})",
+                    r.result, r.left
                 );
             }
         }
