@@ -17,7 +17,7 @@
 #
 # Usage: scripts/bench-flash.sh
 # Optional: BENCH_SRC, BENCH_LEVEL (default 12), BENCH_RUNS, BENCH_DEVICES, BENCH_DIR,
-# BENCH_KEEP=1, COREOS_INSTALLER (path; default: coreos-installer on PATH, else
+# BENCH_KEEP=1, IMAGE_TOOLS (a built binary; default: build the release one), COREOS_INSTALLER (path; default: coreos-installer on PATH, else
 # ~/.cargo/bin/coreos-installer; install it with `cargo install coreos-installer`, which needs
 # libzstd-dev, libssl-dev and pkg-config).
 set -euo pipefail
@@ -40,9 +40,13 @@ trap cleanup EXIT
 COREOS=${COREOS_INSTALLER:-$(command -v coreos-installer || echo "$HOME/.cargo/bin/coreos-installer")}
 [ -x "$COREOS" ] || COREOS=
 
-echo "== building image-tools (release)"
-cargo build -q --release -p image-tools
-TOOLS=$TARGET_DIR/release/image-tools
+if [ -n "${IMAGE_TOOLS:-}" ]; then
+  TOOLS=$IMAGE_TOOLS
+else
+  echo "== building image-tools (release)"
+  cargo build -q --release -p image-tools
+  TOOLS=$TARGET_DIR/release/image-tools
+fi
 
 echo "== image: uncompressed squashfs of ${SRC[*]}"
 printf 'IMAGE_ID=bench\nIMAGE_VERSION=1\n' >"$WORK/os-release"

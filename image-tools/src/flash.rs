@@ -201,6 +201,18 @@ pub fn layout_sizes(usr_size: u64, root_size: u64) -> LayoutSizes {
     }
 }
 
+/// The OEM partition of `table` as an ext4 labelled OEM filled from `tree`, made in `scratch`.
+fn oem_region(table: &Gpt, tree: &Path, scratch: &Path) -> Result<Region, FlashError> {
+    let (offset, len) = disk::partition_range(table, 6);
+    let file = scratch.join("oem.img");
+    disk::mkfs::make_ext4(&file, len, "OEM", tree)?;
+    Ok(Region {
+        label: "OEM".into(),
+        offset,
+        source: RegionSource::File(file),
+    })
+}
+
 /// A verified payload for one slot.
 #[derive(Debug, Clone)]
 struct SlotPayload {
@@ -262,30 +274,14 @@ impl Storage for ImageHead {
 /// Decodes the verified chunks covering the first [`MIB`] of a disk-image payload and reads
 /// its partition table.
 fn read_disk_image(slot: &SlotPayload) -> Result<DiskImage, FlashError> {
-    let bad = |source| FlashError::Payload {
-        path: slot.path.clone(),
-        source,
-    };
     let m = &slot.prelude.manifest;
-    let mut f = File::open(&slot.path).map_err(|e| bad(ReadError::Io(e)))?;
-    let first = slot
-        .prelude
-        .chunks
-        .entries
-        .first()
-        .map_or(0, |e| e.payload_offset);
-    io::Seek::seek(&mut f, io::SeekFrom::Start(first)).map_err(|e| bad(ReadError::Io(e)))?;
-    let mut r = BufReader::new(f);
-    let mut decoder = ChunkDecoder::new().map_err(|e| bad(ReadError::Io(e)))?;
-    let (mut frame, mut out, mut head) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, entry) in slot.prelude.chunks.entries.iter().enumerate() {
+    let mut chunks = ChunkReader::open(slot)?;
+    let (mut out, mut head) = (Vec::new(), Vec::new());
+    for i in 0..slot.prelude.chunks.entries.len() {
         if head.len() as u64 >= MIB.min(m.image_size) {
             break;
         }
-        payload::read_frame(&mut r, i as u32, entry, &mut frame).map_err(bad)?;
-        decoder
-            .decode(i as u32, entry, &frame, &mut out)
-            .map_err(|e| bad(ReadError::Payload(e)))?;
+        chunks.next(i, &mut out)?;
         head.extend_from_slice(&out);
     }
     let not_disk = |reason: String| FlashError::NotADiskImage {
@@ -391,7 +387,6 @@ impl Job {
         let mut system = BTreeMap::new();
         let mut oem = None;
         if let (Some(img), Some(tree)) = (&image, &spec.oem_dir) {
-            let (off, len) = disk::partition_range(&img.table, 6);
             let e = img.table.entry(6);
             if !e.is_used() || e.name != "OEM" {
                 return Err(FlashError::NotADiskImage {
@@ -399,13 +394,7 @@ impl Job {
                     reason: "partition 6 is not labelled OEM (needed by --oem)".into(),
                 });
             }
-            let file = scratch.path().join("oem.img");
-            disk::mkfs::make_ext4(&file, len, "OEM", tree)?;
-            oem = Some(Region {
-                label: "OEM".into(),
-                offset: off,
-                source: RegionSource::File(file),
-            });
+            oem = Some(oem_region(&img.table, tree, scratch.path())?);
         }
         let layout_sector_sizes = if image.is_some() {
             &[][..]
@@ -440,14 +429,7 @@ impl Job {
             )?;
             system.insert(ss, regions);
             if let (None, Some(tree)) = (&oem, &spec.oem_dir) {
-                let (off, len) = disk::partition_range(&table, 6);
-                let img = scratch.path().join("oem.img");
-                disk::mkfs::make_ext4(&img, len, "OEM", tree)?;
-                oem = Some(Region {
-                    label: "OEM".into(),
-                    offset: off,
-                    source: RegionSource::File(img),
-                });
+                oem = Some(oem_region(&table, tree, scratch.path())?);
             }
         }
         Ok(Job {
@@ -549,31 +531,64 @@ fn decode_into(job: &Job, mut senders: Vec<SyncSender<Item>>) {
     }
 }
 
+/// Reads a verified payload's frames from the first one, decoding each chunk and checking it
+/// against the chunk table verified in [`Job::prepare`] (so a payload file changed since then
+/// fails at its first changed chunk).
+struct ChunkReader<'a> {
+    slot: &'a SlotPayload,
+    r: BufReader<File>,
+    decoder: ChunkDecoder,
+    frame: Vec<u8>,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn bad(&self, source: ReadError) -> FlashError {
+        FlashError::Payload {
+            path: self.slot.path.clone(),
+            source,
+        }
+    }
+
+    fn open(slot: &'a SlotPayload) -> Result<ChunkReader<'a>, FlashError> {
+        let bad = |e| FlashError::Payload {
+            path: slot.path.clone(),
+            source: ReadError::Io(e),
+        };
+        let mut f = File::open(&slot.path).map_err(bad)?;
+        let entries = &slot.prelude.chunks.entries;
+        let first = entries.first().map_or(0, |e| e.payload_offset);
+        io::Seek::seek(&mut f, io::SeekFrom::Start(first)).map_err(bad)?;
+        Ok(ChunkReader {
+            slot,
+            r: BufReader::with_capacity(1 << 20, f),
+            decoder: ChunkDecoder::new().map_err(bad)?,
+            frame: Vec::new(),
+        })
+    }
+
+    /// Decodes chunk `i` (the next one) into `out`.
+    fn next(&mut self, i: usize, out: &mut Vec<u8>) -> Result<(), FlashError> {
+        let entry = &self.slot.prelude.chunks.entries[i];
+        payload::read_frame(&mut self.r, i as u32, entry, &mut self.frame)
+            .map_err(|e| self.bad(e))?;
+        self.decoder
+            .decode(i as u32, entry, &self.frame, out)
+            .map_err(|e| self.bad(ReadError::Payload(e)))
+    }
+
+    /// Checks that the payload ends after the last frame.
+    fn end(&mut self) -> Result<(), FlashError> {
+        payload::expect_end(&mut self.r, self.slot.prelude.chunks.payload_end())
+            .map_err(|e| self.bad(e))
+    }
+}
+
 fn decode_slot(slot: &SlotPayload, senders: &mut Vec<SyncSender<Item>>) -> Result<(), FlashError> {
-    let bad = |source| FlashError::Payload {
-        path: slot.path.clone(),
-        source,
-    };
-    let mut f = File::open(&slot.path).map_err(|e| bad(ReadError::Io(e)))?;
-    // Straight to the first frame: every frame is checked against the chunk table verified in
-    // Job::prepare, so a payload file changed since then fails its first changed chunk.
-    let first = slot
-        .prelude
-        .chunks
-        .entries
-        .first()
-        .map_or(0, |e| e.payload_offset);
-    io::Seek::seek(&mut f, io::SeekFrom::Start(first)).map_err(|e| bad(ReadError::Io(e)))?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
-    let mut decoder = ChunkDecoder::new().map_err(|e| bad(ReadError::Io(e)))?;
-    let mut frame = Vec::new();
+    let mut chunks = ChunkReader::open(slot)?;
     let mut image = Sha256::new();
     for (i, entry) in slot.prelude.chunks.entries.iter().enumerate() {
-        payload::read_frame(&mut r, i as u32, entry, &mut frame).map_err(bad)?;
         let mut out = Vec::new();
-        decoder
-            .decode(i as u32, entry, &frame, &mut out)
-            .map_err(|e| bad(ReadError::Payload(e)))?;
+        chunks.next(i, &mut out)?;
         image.update(&out);
         let chunk = Arc::new(out);
         senders.retain(|s| {
@@ -584,10 +599,10 @@ fn decode_slot(slot: &SlotPayload, senders: &mut Vec<SyncSender<Item>>) -> Resul
             return Ok(());
         }
     }
-    payload::expect_end(&mut r, slot.prelude.chunks.payload_end()).map_err(bad)?;
+    chunks.end()?;
     let found = Sha256Digest(image.finalize().into());
     if found != slot.prelude.manifest.image_sha256 {
-        return Err(bad(ReadError::Payload(
+        return Err(chunks.bad(ReadError::Payload(
             payload::PayloadError::ImageHashMismatch {
                 expected: slot.prelude.manifest.image_sha256,
                 found,
