@@ -15,7 +15,8 @@
 //! bytes ([`bios`]). No loop devices, no mounts, no root privileges. The image is written to
 //! `DISK.IMG.tmp` and renamed over `DISK.IMG` only when complete.
 //!
-//! The GRUB files come from the directory `grub-patches/build.sh` prints ([`GrubFiles`]).
+//! The GRUB files come from the directory `grub-patches/build.sh` prints ([`GrubFiles`]), by
+//! default the one `grub-patches/install.sh` fills ([`GRUB_INSTALL_DIR`], see [`grub_dir`]).
 //!
 //! ```no_run
 //! use image_tools::disk::{assemble, DiskSpec, GrubFiles};
@@ -295,12 +296,6 @@ fn copy_into(
     }
 }
 
-fn partition_range(table: &Gpt, number: u32) -> (u64, u64) {
-    let e = table.entry(number);
-    let ss = u64::from(table.sector_size);
-    (e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss)
-}
-
 /// Builds the disk image described by `spec`.
 pub fn assemble(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
     if !gpt::SECTOR_SIZES.contains(&spec.sector_size) {
@@ -355,6 +350,139 @@ pub fn assemble(spec: &DiskSpec) -> Result<DiskReport, DiskError> {
     })
 }
 
+/// Bytes of one region of a disk: a file made in a scratch directory, or bytes in memory.
+#[derive(Debug, Clone)]
+pub enum RegionSource {
+    /// The whole file, from its first byte.
+    File(PathBuf),
+    /// These bytes.
+    Bytes(Vec<u8>),
+}
+
+/// One region of the disk outside the USR slots: what goes where.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// What it is, for messages (`EFI-SYSTEM`, `core.img`, `ROOT`).
+    pub label: String,
+    /// Its first byte on the disk.
+    pub offset: u64,
+    /// Its bytes.
+    pub source: RegionSource,
+}
+
+/// The boot and system content of a disk, apart from the slots and the partition table.
+#[derive(Debug, Clone)]
+pub struct SystemRegions {
+    /// The ESP with GRUB, core.img in BIOS-BOOT (512-byte sectors only) and ROOT.
+    pub regions: Vec<Region>,
+    /// GRUB's boot code for the first [`bios::BOOT_CODE_END`] bytes of LBA 0 (512-byte sectors
+    /// only). It belongs to the part that makes a disk bootable: write it with the table.
+    pub mbr_boot_code: Option<Vec<u8>>,
+}
+
+/// What ROOT gets: an ext4 of `bytes` labelled ROOT, filled from `tree` or a skeleton.
+#[derive(Debug, Clone)]
+pub struct RootContent<'a> {
+    /// Size of the filesystem (at most the partition).
+    pub bytes: u64,
+    /// Tree to fill it from; `None` makes the [`ROOT_SKELETON`] directories.
+    pub tree: Option<&'a Path>,
+}
+
+/// Makes the ESP, core.img and ROOT for a disk laid out as `table`, in `scratch`.
+///
+/// Shared by `image-tools disk` (into an image file) and `image-tools flash` (onto devices):
+/// the regions depend on the sector size and on where the partitions start, not on the disk's
+/// size, so one set serves every device with the same sector size.
+pub fn system_regions(
+    table: &Gpt,
+    grub: &GrubFiles,
+    root: &RootContent<'_>,
+    scratch: &Path,
+) -> Result<SystemRegions, DiskError> {
+    let mut regions = Vec::new();
+    // 1 EFI-SYSTEM: FAT with GRUB and its menu.
+    let (esp_off, esp_len) = partition_range(table, 1);
+    let esp = scratch.join(format!("esp-{}.img", table.sector_size));
+    mkfs::make_esp(
+        &esp,
+        esp_len,
+        table.sector_size,
+        &[
+            mkfs::EspFile {
+                src: grub.efi_image.clone(),
+                dest: "EFI/BOOT/BOOTX64.EFI".into(),
+            },
+            mkfs::EspFile {
+                src: grub.grub_cfg.clone(),
+                dest: "EFI/BOOT/grub.cfg".into(),
+            },
+        ],
+    )?;
+    regions.push(Region {
+        label: "EFI-SYSTEM".into(),
+        offset: esp_off,
+        source: RegionSource::File(esp),
+    });
+
+    // 2 BIOS-BOOT and the MBR boot code; BIOS boot code counts 512-byte sectors only.
+    let mut mbr_boot_code = None;
+    if table.sector_size == 512 {
+        let (bb_off, bb_len) = partition_range(table, 2);
+        let core_lba = bb_off / 512;
+        let mut core = fs_read(&grub.core_img)?;
+        bios::patch_core_img(&mut core, core_lba)?;
+        if core.len() as u64 > bb_len {
+            return Err(DiskError::CoreImgTooLarge {
+                core_bytes: core.len() as u64,
+                partition_bytes: bb_len,
+            });
+        }
+        regions.push(Region {
+            label: "core.img".into(),
+            offset: bb_off,
+            source: RegionSource::Bytes(core),
+        });
+        let boot_img = fs_read(&grub.boot_img)?;
+        let mut mbr = vec![0u8; 512];
+        bios::patch_boot_img(&mut mbr, &boot_img, core_lba)?;
+        mbr.truncate(bios::BOOT_CODE_END);
+        mbr_boot_code = Some(mbr);
+    }
+
+    // 9 ROOT: ext4.
+    let (root_off, root_len) = partition_range(table, 9);
+    let tree = match root.tree {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let t = scratch.join("root");
+            for d in ROOT_SKELETON {
+                fs::create_dir_all(t.join(d))
+                    .map_err(DiskError::io(format!("creating {}", t.join(d).display())))?;
+            }
+            t
+        }
+    };
+    let root_img = scratch.join("root.img");
+    mkfs::make_ext4(&root_img, root.bytes.min(root_len), "ROOT", &tree)?;
+    regions.push(Region {
+        label: "ROOT".into(),
+        offset: root_off,
+        source: RegionSource::File(root_img),
+    });
+    Ok(SystemRegions {
+        regions,
+        mbr_boot_code,
+    })
+}
+
+/// The byte offset and length of partition `number` of `table`.
+pub fn partition_range(table: &Gpt, number: u32) -> (u64, u64) {
+    let e = table.entry(number);
+    let ss = u64::from(table.sector_size);
+    (e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss)
+}
+
 fn write_disk(spec: &DiskSpec, table: &Gpt, disk_bytes: u64, path: &Path) -> Result<(), DiskError> {
     let file = OpenOptions::new()
         .read(true)
@@ -379,73 +507,41 @@ fn write_disk(spec: &DiskSpec, table: &Gpt, disk_bytes: u64, path: &Path) -> Res
             "creating a scratch directory next to the disk image",
         ))?;
 
-    // 1 EFI-SYSTEM: FAT with GRUB and its menu.
-    let (esp_off, esp_len) = partition_range(table, 1);
-    let esp = scratch.path().join("esp.img");
-    mkfs::make_esp(
-        &esp,
-        esp_len,
-        spec.sector_size,
-        &[
-            mkfs::EspFile {
-                src: spec.grub.efi_image.clone(),
-                dest: "EFI/BOOT/BOOTX64.EFI".into(),
-            },
-            mkfs::EspFile {
-                src: spec.grub.grub_cfg.clone(),
-                dest: "EFI/BOOT/grub.cfg".into(),
-            },
-        ],
+    // 1 EFI-SYSTEM, 2 BIOS-BOOT and 9 ROOT; the MBR boot code.
+    let (_, root_len) = partition_range(table, 9);
+    let system = system_regions(
+        table,
+        &spec.grub,
+        &RootContent {
+            bytes: root_len,
+            tree: spec.root_dir.as_deref(),
+        },
+        scratch.path(),
     )?;
-    copy_into(&file, path, esp_off, &esp, "EFI-SYSTEM")?;
-
-    // 2 BIOS-BOOT and the MBR boot code; BIOS boot code counts 512-byte sectors only.
-    if spec.sector_size == 512 {
-        let (bb_off, bb_len) = partition_range(table, 2);
-        let core_lba = bb_off / 512;
-        let mut core = fs_read(&spec.grub.core_img)?;
-        bios::patch_core_img(&mut core, core_lba)?;
-        if core.len() as u64 > bb_len {
-            return Err(DiskError::CoreImgTooLarge {
-                core_bytes: core.len() as u64,
-                partition_bytes: bb_len,
-            });
+    for region in &system.regions {
+        match &region.source {
+            RegionSource::File(src) => copy_into(&file, path, region.offset, src, &region.label)?,
+            RegionSource::Bytes(b) => {
+                file.write_all_at(b, region.offset)
+                    .map_err(DiskError::io(format!(
+                        "writing {} to {} at offset {}",
+                        region.label,
+                        path.display(),
+                        region.offset
+                    )))?
+            }
         }
-        file.write_all_at(&core, bb_off)
-            .map_err(DiskError::io(format!(
-                "writing core.img to {} at offset {bb_off}",
-                path.display()
-            )))?;
-        let boot_img = fs_read(&spec.grub.boot_img)?;
-        let mut mbr = vec![0u8; 512];
-        bios::patch_boot_img(&mut mbr, &boot_img, core_lba)?;
-        file.write_all_at(&mbr[..bios::BOOT_CODE_END], 0)
-            .map_err(DiskError::io(format!(
-                "writing boot.img to {} at offset 0",
-                path.display()
-            )))?;
+    }
+    if let Some(code) = &system.mbr_boot_code {
+        file.write_all_at(code, 0).map_err(DiskError::io(format!(
+            "writing boot.img to {} at offset 0",
+            path.display()
+        )))?;
     }
 
     // 3 USR-A: the image; 4 USR-B and 6 OEM stay empty (holes).
     let (usr_off, _) = partition_range(table, 3);
     copy_into(&file, path, usr_off, &spec.usr_image, "USR-A")?;
-
-    // 9 ROOT: ext4.
-    let (root_off, root_len) = partition_range(table, 9);
-    let tree = match &spec.root_dir {
-        Some(d) => d.clone(),
-        None => {
-            let t = scratch.path().join("root");
-            for d in ROOT_SKELETON {
-                fs::create_dir_all(t.join(d))
-                    .map_err(DiskError::io(format!("creating {}", t.join(d).display())))?;
-            }
-            t
-        }
-    };
-    let root = scratch.path().join("root.img");
-    mkfs::make_ext4(&root, root_len, "ROOT", &tree)?;
-    copy_into(&file, path, root_off, &root, "ROOT")?;
 
     // The table last: a half-written image is not a valid GPT disk.
     drop(file);
@@ -501,7 +597,8 @@ fn parse_sector_size(s: &str) -> Result<u32, String> {
 /// Shown after `image-tools disk --help`.
 const DISK_EXAMPLE: &str = "Example:
   image-tools disk --usr usr.img -o disk.img --usr-size 512M \\
-    --grub-dir \"$(grub-patches/build.sh | tail -n1)\"";
+    --grub-dir \"$(grub-patches/build.sh | tail -n1)\"
+  grub-patches/install.sh   # once; then --grub-dir may be left out";
 
 /// Assemble a bootable GPT disk image (ESP+GRUB, BIOS-BOOT, USR-A, USR-B, OEM, ROOT).
 ///
@@ -530,22 +627,48 @@ pub struct DiskCmd {
     /// Directory to fill ROOT from (default: empty mount points usr, etc, var, ...).
     #[arg(long, value_name = "DIR")]
     root_dir: Option<PathBuf>,
-    /// GRUB artifacts, as printed by grub-patches/build.sh [default: $IMAGE_TOOLS_GRUB_DIR].
+    /// GRUB artifacts, as printed by grub-patches/build.sh [default: $IMAGE_TOOLS_GRUB_DIR,
+    /// else /usr/lib/ab-updater/grub, where `grub-patches/install.sh` puts them].
     #[arg(long, value_name = "DIR")]
     grub_dir: Option<PathBuf>,
+}
+
+/// Where `grub-patches/install.sh` installs the GRUB artifacts, and where `disk` and
+/// `flash` look for them when neither `--grub-dir` nor `$IMAGE_TOOLS_GRUB_DIR` is given.
+pub const GRUB_INSTALL_DIR: &str = "/usr/lib/ab-updater/grub";
+
+/// The GRUB artifact directory: `flag` (`--grub-dir`), else `$IMAGE_TOOLS_GRUB_DIR`, else
+/// [`GRUB_INSTALL_DIR`] when it exists; otherwise an error saying how to get one.
+pub fn grub_dir(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    grub_dir_from(
+        flag,
+        std::env::var_os("IMAGE_TOOLS_GRUB_DIR").map(PathBuf::from),
+        Path::new(GRUB_INSTALL_DIR),
+    )
+}
+
+fn grub_dir_from(
+    flag: Option<&Path>,
+    env: Option<PathBuf>,
+    installed: &Path,
+) -> anyhow::Result<PathBuf> {
+    match (flag, env) {
+        (Some(d), _) => Ok(d.to_path_buf()),
+        (None, Some(d)) => Ok(d),
+        (None, None) if installed.is_dir() => Ok(installed.to_path_buf()),
+        (None, None) => anyhow::bail!(
+            "no GRUB artifacts: {} does not exist; install them with \
+             `grub-patches/install.sh` or pass --grub-dir DIR (the directory \
+             grub-patches/build.sh prints)",
+            installed.display()
+        ),
+    }
 }
 
 impl DiskCmd {
     /// Runs the command: assembles the disk and prints its partitions.
     pub fn run(&self) -> anyhow::Result<()> {
-        let grub_dir = match (&self.grub_dir, std::env::var_os("IMAGE_TOOLS_GRUB_DIR")) {
-            (Some(d), _) => d.clone(),
-            (None, Some(d)) => PathBuf::from(d),
-            (None, None) => {
-                anyhow::bail!("no GRUB artifacts: pass --grub-dir DIR (the directory grub-patches/build.sh prints)")
-            }
-        };
-        let grub = GrubFiles::from_dir(&grub_dir)?;
+        let grub = GrubFiles::from_dir(&grub_dir(self.grub_dir.as_deref())?)?;
         let spec = DiskSpec {
             usr_image: self.usr.clone(),
             output: self.output.clone(),
@@ -580,6 +703,28 @@ impl DiskCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grub_dir_prefers_the_flag_then_the_environment_then_the_install_location() {
+        let installed = tempfile::tempdir().unwrap();
+        let inst = installed.path();
+        let flag = Path::new("/flag");
+        let env = || Some(PathBuf::from("/env"));
+        assert_eq!(grub_dir_from(Some(flag), env(), inst).unwrap(), flag);
+        assert_eq!(grub_dir_from(None, env(), inst).unwrap(), Path::new("/env"));
+        assert_eq!(grub_dir_from(None, None, inst).unwrap(), inst);
+        let missing = inst.join("absent");
+        let e = grub_dir_from(None, None, &missing).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "no GRUB artifacts: {} does not exist; install them with \
+                 `grub-patches/install.sh` or pass --grub-dir DIR (the directory \
+             grub-patches/build.sh prints)",
+                missing.display()
+            )
+        );
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

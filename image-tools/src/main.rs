@@ -1,12 +1,12 @@
 //! `image-tools`: the publisher and factory binary. Parsing only; the work is in the library.
 use clap::{Parser, Subcommand};
-use image_tools::{disk, keys, mkusr, pack, publish, pxe};
+use image_tools::{disk, flash, keys, mkusr, pack, publish, pxe};
 use std::process::ExitCode;
 
 /// Publisher and factory tools for A/B /usr updates.
 ///
 /// Exit status: 0 on success, 1 when the operation failed (the message says why),
-/// 2 on a usage error.
+/// 2 on a usage error, 3 when `flash` left some devices not flashed.
 #[derive(Parser)]
 #[command(name = "image-tools", version, help_expected = true)]
 struct Cli {
@@ -22,6 +22,7 @@ enum Command {
     Inspect(pack::InspectCmd),
     Mkusr(mkusr::MkusrCmd),
     Disk(disk::DiskCmd),
+    Flash(flash::FlashCmd),
     Publish(publish::PublishCmd),
     Pxe(pxe::PxeCmd),
 }
@@ -34,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(c) => c.run(),
         Command::Mkusr(c) => c.run(),
         Command::Disk(c) => c.run(),
+        Command::Flash(c) => c.run(),
         Command::Publish(c) => c.run(),
         Command::Pxe(c) => c.run(),
     }
@@ -44,6 +46,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("image-tools: {e:#}");
+            // flash: some devices not flashed (their records say why).
+            if e.downcast_ref::<flash::DevicesFailed>().is_some() {
+                return ExitCode::from(3);
+            }
             ExitCode::from(1)
         }
     }

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 const MIB: u64 = 1 << 20;
 
 /// A scratch directory with a usr image, stand-in GRUB artifacts and the disks made from them.
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
@@ -24,7 +24,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let f = Fixture {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -61,7 +61,7 @@ impl Fixture {
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -79,7 +79,7 @@ impl Fixture {
             .unwrap()
     }
 
-    fn good_disk(&self, out: &str, sector_size: u32) -> PathBuf {
+    pub(crate) fn good_disk(&self, out: &str, sector_size: u32) -> PathBuf {
         let o = self.disk(out, &["--sector-size", &sector_size.to_string()]);
         assert!(
             o.status.success(),
@@ -90,7 +90,7 @@ impl Fixture {
     }
 }
 
-fn tool(cmd: &mut Command) -> String {
+pub(crate) fn tool(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
     assert!(
         o.status.success(),
@@ -105,13 +105,13 @@ fn table(disk: &Path, sector_size: u32) -> bootctl::gpt::DiskGpt {
     bootctl::gpt::read(&mut d, Some(sector_size)).unwrap()
 }
 
-fn range(t: &bootctl::gpt::Gpt, n: u32) -> (u64, u64) {
+pub(crate) fn range(t: &bootctl::gpt::Gpt, n: u32) -> (u64, u64) {
     let e = t.entry(n);
     let ss = u64::from(t.sector_size);
     (e.first_lba * ss, (e.last_lba - e.first_lba + 1) * ss)
 }
 
-fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
+pub(crate) fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len];
     fs::File::open(path)
