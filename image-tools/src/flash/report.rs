@@ -1,7 +1,7 @@
 //! What `image-tools flash` tells the factory: progress (bars on a terminal, or JSON lines with
 //! `--json`) and one [`DeviceRecord`] per device for the factory's books.
 //!
-//! The record's fields are documented in `docs/usage/factory-flash.md`; a field never changes
+//! The record's fields are documented in `docs/usage/factory.md`; a field never changes
 //! meaning once released (`format_version` says which fields exist).
 //!
 //! ```
