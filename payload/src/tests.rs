@@ -1082,7 +1082,9 @@ fn a_failed_read_stops_the_reader_with_its_cause() {
 // ---- the test vector, encoding, display ------------------------------------------------------
 
 fn testdata() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    // The committed vectors live with the updater's other test data (the stream tests, the
+    // image-tools tests and the fuzz seeds use them too).
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../updater/testdata")
 }
 
 #[test]
