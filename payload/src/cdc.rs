@@ -148,9 +148,7 @@ impl<R: Read> Chunker<R> {
                         self.eof = true;
                     }
                     Ok(n) => self.buf.truncate(at + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                        self.buf.truncate(at)
-                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(at),
                     Err(e) => {
                         self.buf.truncate(at);
                         return Err(e);

@@ -51,10 +51,20 @@ use std::fmt;
 
 /// The eight bytes every payload starts with.
 pub const MAGIC: [u8; 8] = *b"UPDPAYLD";
-/// The payload (header) format version this code reads and writes.
+/// The payload (header) format version 1: fixed-size chunks.
 pub const FORMAT_VERSION: u32 = 1;
-/// The manifest format version this code reads and writes.
+/// The manifest format version of version 1 payloads.
 pub const MANIFEST_VERSION: u32 = 1;
+/// The payload (header) and manifest format version 2: content-defined chunks ([`cdc`]).
+pub const FORMAT_VERSION_V2: u32 = 2;
+/// Length of the fixed part of a version 2 manifest (everything but the two strings' bytes).
+pub const MANIFEST_V2_FIXED_LEN: usize = 124;
+/// Largest version 2 manifest accepted, in bytes.
+pub const MAX_MANIFEST_V2_LEN: usize = MANIFEST_V2_FIXED_LEN + 2 * MAX_STRING_LEN;
+/// Most chunks a version 2 payload may have (bounds its chunk table to 5 MiB).
+pub const MAX_V2_CHUNK_COUNT: u32 = 131072;
+/// Length of one version 2 chunk table entry in bytes.
+pub const CHUNK_ENTRY_V2_LEN: usize = 40;
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Length of the fixed part of the manifest (everything but the two strings).
@@ -136,13 +146,13 @@ pub enum PayloadError {
         found: String,
     },
     /// The header or manifest has a format version this code does not know.
-    #[error("unsupported {what} format version {found} (this updater reads {supported})")]
+    #[error("unsupported {what} format version {found} (this updater reads 1 to {supported})")]
     UnsupportedVersion {
         /// `header` or `manifest`.
         what: &'static str,
         /// The version found.
         found: u32,
-        /// The version supported.
+        /// The newest version supported (every version from 1 up is).
         supported: u32,
     },
     /// The header's CRC32 does not match its bytes.
@@ -204,6 +214,26 @@ pub enum PayloadError {
         chunk_size: u32,
         /// The count the size and chunk size imply.
         needed: u64,
+    },
+    /// A version 2 manifest declares chunking parameters outside the rules.
+    #[error("manifest chunking parameters min {min}, avg {avg}, max {max}: {rule}")]
+    BadCdcParams {
+        /// Declared smallest chunk.
+        min: u32,
+        /// Declared average chunk.
+        avg: u32,
+        /// Declared largest chunk.
+        max: u32,
+        /// The rule broken.
+        rule: &'static str,
+    },
+    /// The header and the manifest declare different format versions.
+    #[error("header says format version {header}, manifest says {manifest}")]
+    VersionMismatch {
+        /// Version in the header.
+        header: u32,
+        /// Version in the manifest.
+        manifest: u32,
     },
     /// A manifest string is not valid UTF-8 or is empty.
     #[error("manifest {field} is not a non-empty UTF-8 string")]
@@ -347,7 +377,10 @@ fn digest_at(b: &[u8], at: usize) -> Sha256Digest {
 /// lengths it declares are bounded before they are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Length of the manifest in bytes (at most [`MAX_MANIFEST_LEN`]).
+    /// [`FORMAT_VERSION`] or [`FORMAT_VERSION_V2`].
+    pub format_version: u32,
+    /// Length of the manifest in bytes (at most [`MAX_MANIFEST_LEN`], or
+    /// [`MAX_MANIFEST_V2_LEN`] in version 2).
     pub manifest_len: u32,
     /// Length of the signature block in bytes (at most [`MAX_SIGNATURE_BLOCK_LEN`]).
     pub signatures_len: u32,
@@ -367,13 +400,18 @@ impl Header {
             return Err(PayloadError::HeaderChecksumMismatch { stored, computed });
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_V2 {
             return Err(PayloadError::UnsupportedVersion {
                 what: "header",
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: FORMAT_VERSION_V2,
             });
         }
+        let max_manifest = if version == FORMAT_VERSION {
+            MAX_MANIFEST_LEN
+        } else {
+            MAX_MANIFEST_V2_LEN
+        };
         let header_len = u32_at(b, 12);
         if header_len as usize != HEADER_LEN {
             return Err(PayloadError::BadField {
@@ -392,11 +430,11 @@ impl Header {
             });
         }
         let manifest_len = u32_at(b, 16);
-        if manifest_len as usize > MAX_MANIFEST_LEN {
+        if manifest_len as usize > max_manifest {
             return Err(PayloadError::TooLarge {
                 what: "manifest",
                 found: manifest_len.into(),
-                max: MAX_MANIFEST_LEN as u64,
+                max: max_manifest as u64,
             });
         }
         if (manifest_len as usize) < MIN_MANIFEST_LEN {
@@ -415,6 +453,7 @@ impl Header {
             });
         }
         Ok(Header {
+            format_version: version,
             manifest_len,
             signatures_len,
         })
@@ -424,7 +463,7 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.format_version.to_le_bytes());
         b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         b[16..20].copy_from_slice(&self.manifest_len.to_le_bytes());
         b[20..24].copy_from_slice(&self.signatures_len.to_le_bytes());
@@ -460,8 +499,11 @@ pub struct Manifest {
     pub image_size: u64,
     /// SHA-256 of the whole uncompressed image.
     pub image_sha256: Sha256Digest,
-    /// Size of every chunk but the last, which may be shorter.
+    /// Version 1: size of every chunk but the last, which may be shorter. Version 2: the
+    /// largest chunk (`cdc.max`), which bounds every chunk buffer.
     pub chunk_size: u32,
+    /// Version 2 only: the content-defined chunking parameters the image was cut with.
+    pub cdc: Option<cdc::CdcParams>,
     /// Number of chunks (and chunk table entries).
     pub chunk_count: u32,
     /// SHA-256 of the chunk table bytes.
@@ -476,6 +518,9 @@ impl Manifest {
     /// Parses and bounds-checks a manifest. Parsing does not make it trusted: the caller checks
     /// the signatures over the same bytes.
     pub fn parse(b: &[u8]) -> Result<Manifest, PayloadError> {
+        if b.len() >= 4 && u32_at(b, 0) == FORMAT_VERSION_V2 {
+            return Manifest::parse_v2(b);
+        }
         if b.len() > MAX_MANIFEST_LEN {
             return Err(PayloadError::TooLarge {
                 what: "manifest",
@@ -495,7 +540,7 @@ impl Manifest {
             return Err(PayloadError::UnsupportedVersion {
                 what: "manifest",
                 found: version,
-                supported: MANIFEST_VERSION,
+                supported: FORMAT_VERSION_V2,
             });
         }
         let flags = u32_at(b, 4);
@@ -549,55 +594,14 @@ impl Manifest {
             });
         }
         let mut at = MANIFEST_FIXED_LEN - 4;
-        let string = |field: &'static str, at: &mut usize| -> Result<String, PayloadError> {
-            if *at + 2 > b.len() {
-                return Err(PayloadError::Truncated {
-                    region: "manifest",
-                    offset: *at as u64,
-                    end: *at as u64 + 2,
-                    available: b.len() as u64,
-                });
-            }
-            let len = usize::from(u16_at(b, *at));
-            *at += 2;
-            if len > MAX_STRING_LEN {
-                return Err(PayloadError::TooLarge {
-                    what: field,
-                    found: len as u64,
-                    max: MAX_STRING_LEN as u64,
-                });
-            }
-            if *at + len > b.len() {
-                return Err(PayloadError::Truncated {
-                    region: "manifest",
-                    offset: *at as u64,
-                    end: (*at + len) as u64,
-                    available: b.len() as u64,
-                });
-            }
-            let s = std::str::from_utf8(&b[*at..*at + len])
-                .ok()
-                .filter(|s| !s.is_empty())
-                .ok_or(PayloadError::BadString { field })?;
-            *at += len;
-            Ok(s.to_owned())
-        };
-        let compatible = string("compatible", &mut at)?;
-        let version = string("version", &mut at)?;
-        if at != b.len() {
-            return Err(PayloadError::BadField {
-                region: "manifest",
-                field: "length",
-                found: b.len() as u64,
-                expected: at as u64,
-            });
-        }
+        let (compatible, version) = parse_strings(b, &mut at)?;
         Ok(Manifest {
             created: u64_at(b, 8),
             expires: (expires != 0).then_some(expires),
             image_size,
             image_sha256: digest_at(b, 32),
             chunk_size,
+            cdc: None,
             chunk_count,
             chunk_table_sha256: digest_at(b, 72),
             compatible,
@@ -605,8 +609,165 @@ impl Manifest {
         })
     }
 
-    /// Encodes the manifest; these are the bytes that get signed.
+    /// Parses a version 2 manifest (`docs/payload-format.md`, "Version 2").
+    fn parse_v2(b: &[u8]) -> Result<Manifest, PayloadError> {
+        if b.len() > MAX_MANIFEST_V2_LEN {
+            return Err(PayloadError::TooLarge {
+                what: "manifest",
+                found: b.len() as u64,
+                max: MAX_MANIFEST_V2_LEN as u64,
+            });
+        }
+        if b.len() < MANIFEST_V2_FIXED_LEN + 2 {
+            return Err(PayloadError::TooSmall {
+                what: "manifest length",
+                found: b.len() as u64,
+                min: MANIFEST_V2_FIXED_LEN as u64 + 2,
+            });
+        }
+        for (field, at) in [("flags", 4), ("reserved", 80), ("reserved", 84)] {
+            let v = u32_at(b, at);
+            if v != 0 {
+                return Err(PayloadError::BadField {
+                    region: "manifest",
+                    field,
+                    found: v.into(),
+                    expected: 0,
+                });
+            }
+        }
+        let expires = u64_at(b, 16);
+        let image_size = u64_at(b, 24);
+        let params = cdc::CdcParams {
+            min: u32_at(b, 64),
+            avg: u32_at(b, 68),
+            max: u32_at(b, 72),
+        };
+        if let Err(rule) = params.check() {
+            return Err(PayloadError::BadCdcParams {
+                min: params.min,
+                avg: params.avg,
+                max: params.max,
+                rule,
+            });
+        }
+        let chunk_count = u32_at(b, 76);
+        if chunk_count > MAX_V2_CHUNK_COUNT {
+            return Err(PayloadError::ChunkCountTooLarge {
+                count: chunk_count,
+                max: MAX_V2_CHUNK_COUNT,
+            });
+        }
+        // Every chunk but the last is at least min and at most max bytes long.
+        let lo = image_size.div_ceil(params.max.into());
+        let hi = (image_size / u64::from(params.min)).max(1);
+        if chunk_count == 0 || u64::from(chunk_count) < lo || u64::from(chunk_count) > hi {
+            return Err(PayloadError::ChunkCountMismatch {
+                count: chunk_count,
+                image_size,
+                chunk_size: params.max,
+                needed: lo.max(1),
+            });
+        }
+        let mut at = MANIFEST_V2_FIXED_LEN - 4;
+        let (compatible, version) = parse_strings(b, &mut at)?;
+        Ok(Manifest {
+            created: u64_at(b, 8),
+            expires: (expires != 0).then_some(expires),
+            image_size,
+            image_sha256: digest_at(b, 32),
+            chunk_size: params.max,
+            cdc: Some(params),
+            chunk_count,
+            chunk_table_sha256: digest_at(b, 88),
+            compatible,
+            version,
+        })
+    }
+
+    /// The header and manifest format version: [`FORMAT_VERSION`] or [`FORMAT_VERSION_V2`].
+    pub fn format_version(&self) -> u32 {
+        if self.cdc.is_some() {
+            FORMAT_VERSION_V2
+        } else {
+            FORMAT_VERSION
+        }
+    }
+}
+
+/// Parses the two length-prefixed manifest strings (`compatible`, `version`) at `at`, which
+/// must end the manifest.
+fn parse_strings(b: &[u8], at: &mut usize) -> Result<(String, String), PayloadError> {
+    let string = |field: &'static str, at: &mut usize| -> Result<String, PayloadError> {
+        if *at + 2 > b.len() {
+            return Err(PayloadError::Truncated {
+                region: "manifest",
+                offset: *at as u64,
+                end: *at as u64 + 2,
+                available: b.len() as u64,
+            });
+        }
+        let len = usize::from(u16_at(b, *at));
+        *at += 2;
+        if len > MAX_STRING_LEN {
+            return Err(PayloadError::TooLarge {
+                what: field,
+                found: len as u64,
+                max: MAX_STRING_LEN as u64,
+            });
+        }
+        if *at + len > b.len() {
+            return Err(PayloadError::Truncated {
+                region: "manifest",
+                offset: *at as u64,
+                end: (*at + len) as u64,
+                available: b.len() as u64,
+            });
+        }
+        let s = std::str::from_utf8(&b[*at..*at + len])
+            .ok()
+            .filter(|s| !s.is_empty())
+            .ok_or(PayloadError::BadString { field })?;
+        *at += len;
+        Ok(s.to_owned())
+    };
+    let compatible = string("compatible", at)?;
+    let version = string("version", at)?;
+    if *at != b.len() {
+        return Err(PayloadError::BadField {
+            region: "manifest",
+            field: "length",
+            found: b.len() as u64,
+            expected: *at as u64,
+        });
+    }
+    Ok((compatible, version))
+}
+
+impl Manifest {
+    /// Encodes the manifest (version 1, or version 2 when `cdc` is set); these are the bytes
+    /// that get signed.
     pub fn encode(&self) -> Vec<u8> {
+        if let Some(p) = self.cdc {
+            let mut b = Vec::with_capacity(
+                MANIFEST_V2_FIXED_LEN + self.compatible.len() + self.version.len(),
+            );
+            b.extend_from_slice(&FORMAT_VERSION_V2.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&self.created.to_le_bytes());
+            b.extend_from_slice(&self.expires.unwrap_or(0).to_le_bytes());
+            b.extend_from_slice(&self.image_size.to_le_bytes());
+            b.extend_from_slice(&self.image_sha256.0);
+            for v in [p.min, p.avg, p.max, self.chunk_count, 0, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&self.chunk_table_sha256.0);
+            for s in [&self.compatible, &self.version] {
+                b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+                b.extend_from_slice(s.as_bytes());
+            }
+            return b;
+        }
         let mut b =
             Vec::with_capacity(MANIFEST_FIXED_LEN + self.compatible.len() + self.version.len());
         b.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
@@ -627,7 +788,12 @@ impl Manifest {
 
     /// Length of the chunk table this manifest declares, in bytes.
     pub fn chunk_table_len(&self) -> u64 {
-        u64::from(self.chunk_count) * CHUNK_ENTRY_LEN as u64
+        let entry = if self.cdc.is_some() {
+            CHUNK_ENTRY_V2_LEN
+        } else {
+            CHUNK_ENTRY_LEN
+        };
+        u64::from(self.chunk_count) * entry as u64
     }
 }
 
@@ -825,6 +991,9 @@ impl ChunkTable {
                 found,
             });
         }
+        if let Some(params) = manifest.cdc {
+            return ChunkTable::parse_v2(b, manifest, header, params);
+        }
         let max_frame = max_frame_len(manifest.chunk_size);
         let mut image_offset = 0u64;
         let mut payload_offset = header.chunk_table_offset() + expected_len;
@@ -870,9 +1039,74 @@ impl ChunkTable {
         Ok(ChunkTable { entries })
     }
 
-    /// Encodes the table.
+    /// Parses the entries of a version 2 table (hash already checked): offsets are implied by
+    /// the lengths, every chunk but the last within `min..=max`, the last within `1..=max`, and
+    /// the lengths adding up to the image size.
+    fn parse_v2(
+        b: &[u8],
+        manifest: &Manifest,
+        header: &Header,
+        params: cdc::CdcParams,
+    ) -> Result<ChunkTable, PayloadError> {
+        let max_frame = max_frame_len(params.max);
+        let mut image_offset = 0u64;
+        let mut payload_offset = header.chunk_table_offset() + b.len() as u64;
+        let count = b.len() / CHUNK_ENTRY_V2_LEN;
+        let mut entries = Vec::with_capacity(count);
+        for (i, e) in b.chunks_exact(CHUNK_ENTRY_V2_LEN).enumerate() {
+            let index = i as u32;
+            let entry = ChunkEntry {
+                image_offset,
+                payload_offset,
+                image_len: u32_at(e, 0),
+                frame_len: u32_at(e, 4),
+                sha256: digest_at(e, 8),
+            };
+            let bad = |field, found: u64, expected: u64| PayloadError::BadChunkEntry {
+                index,
+                field,
+                found,
+                expected,
+            };
+            let left = manifest.image_size.saturating_sub(image_offset);
+            let len = u64::from(entry.image_len);
+            if i + 1 == count {
+                if len != left {
+                    return Err(bad("image_len", len, left));
+                }
+            } else if len < params.min.into() {
+                return Err(bad("image_len", len, params.min.into()));
+            }
+            if len > params.max.into() || len > left || len == 0 {
+                return Err(bad("image_len", len, left.min(params.max.into())));
+            }
+            if entry.frame_len == 0 || entry.frame_len > max_frame {
+                return Err(bad("frame_len", entry.frame_len.into(), max_frame.into()));
+            }
+            image_offset += len;
+            payload_offset += u64::from(entry.frame_len);
+            entries.push(entry);
+        }
+        Ok(ChunkTable { entries })
+    }
+
+    /// Encodes the table in the version 1 layout.
     pub fn encode(&self) -> Vec<u8> {
         self.entries.iter().flat_map(|e| e.encode()).collect()
+    }
+
+    /// Encodes the table in the layout of `format_version` (1 or 2).
+    pub fn encode_for(&self, format_version: u32) -> Vec<u8> {
+        if format_version == FORMAT_VERSION {
+            return self.encode();
+        }
+        let mut b = Vec::with_capacity(self.entries.len() * CHUNK_ENTRY_V2_LEN);
+        for e in &self.entries {
+            b.extend_from_slice(&e.image_len.to_le_bytes());
+            b.extend_from_slice(&e.frame_len.to_le_bytes());
+            b.extend_from_slice(&e.sha256.0);
+        }
+        b
     }
 
     /// Payload offset just past the last frame: the payload's exact length.
@@ -1004,7 +1238,15 @@ fn read_chunk_table(
     manifest: &Manifest,
     header: &Header,
 ) -> Result<ChunkTable, ReadError> {
-    // Bounded: chunk_count <= MAX_CHUNK_COUNT was checked by Manifest::parse.
+    if manifest.format_version() != header.format_version {
+        return Err(PayloadError::VersionMismatch {
+            header: header.format_version,
+            manifest: manifest.format_version(),
+        }
+        .into());
+    }
+    // Bounded: chunk_count <= MAX_CHUNK_COUNT (MAX_V2_CHUNK_COUNT) was checked by
+    // Manifest::parse.
     let mut table = vec![0u8; manifest.chunk_table_len() as usize];
     read_region(r, &mut table, "chunk table", header.chunk_table_offset())?;
     Ok(ChunkTable::parse(&table, manifest, header)?)

@@ -2,6 +2,7 @@
 mod agent;
 mod crashpoints;
 mod cycle;
+mod delta;
 mod hardening;
 mod health;
 mod http;
