@@ -14,6 +14,8 @@ use std::collections::HashSet;
 use std::io::Read;
 
 type Chunks = Vec<([u8; 32], Vec<u8>)>;
+/// The distinct chunk hashes of an image, and every chunk's hash and length in image order.
+type Index = (HashSet<[u8; 32]>, Vec<([u8; 32], u32)>);
 
 fn chunks(path: &str, p: CdcParams, limit: u64) -> Chunks {
     let f = std::fs::File::open(path).unwrap().take(limit);
@@ -25,7 +27,7 @@ fn chunks(path: &str, p: CdcParams, limit: u64) -> Chunks {
     out
 }
 
-fn hashes(path: &str, p: CdcParams) -> (HashSet<[u8; 32]>, Vec<([u8; 32], u32)>) {
+fn hashes(path: &str, p: CdcParams) -> Index {
     let f = std::fs::File::open(path).unwrap();
     let mut c = Chunker::new(std::io::BufReader::new(f), p);
     let mut set = HashSet::new();
@@ -110,7 +112,7 @@ fn main() {
         // Compress exactly the missing chunks (per chunk, and with the slice's dictionary).
         let mut f = std::fs::File::open(new).unwrap();
         let (mut per_missing, mut dict_missing) = (0usize, 0usize);
-        let mut group_missing = vec![0usize; 2];
+        let mut group_missing = [0usize; 2];
         let mut groups: Vec<(Vec<u8>, bool)> = vec![(Vec::new(), false); 2];
         for (h, l) in &list {
             let mut b = vec![0u8; *l as usize];
