@@ -3,7 +3,8 @@
 //! and arbitrary bytes never get past the signature check. Mode 1: arbitrary bytes as a chunk
 //! table that a signed manifest vouches for are parsed safely. Mode 2: an arbitrary manifest
 //! that the trusted test-vector key did sign (the reader parses a manifest only once its
-//! signature verified, so this is the only way to reach those checks through the reader).
+//! signature verified, so this is the only way to reach those checks through the reader;
+//! version 2 manifests too). Mode 3: arbitrary bytes as a version 2 chunk table.
 #![no_main]
 use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +13,7 @@ use updater::payload::{self, Header, KeyId, Manifest, Signature, SignatureBlock,
 
 const VECTOR_KEY: &str = include_str!("../../updater/testdata/vector.key");
 const VECTOR_PAYLOAD: &[u8] = include_bytes!("../../updater/testdata/vector.payload");
+const VECTOR_V2_PAYLOAD: &[u8] = include_bytes!("../../updater/testdata/vector-v2.payload");
 
 fn signing_key() -> &'static SigningKey {
     static KEY: OnceLock<SigningKey> = OnceLock::new();
@@ -28,7 +30,7 @@ fn keys() -> &'static TrustedKeys {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             if let Some(h) = rest.get(..HEADER_LEN) {
                 let _ = Header::parse(h.try_into().expect("64 bytes"));
@@ -48,6 +50,15 @@ fuzz_target!(|data: &[u8]| {
             m.chunk_count = (rest.len() / payload::CHUNK_ENTRY_LEN) as u32;
             let _ = payload::ChunkTable::parse(rest, &m, &p.header);
         }
+        3 => {
+            // A version 2 chunk table the v2 test vector's manifest vouches for by hash and
+            // count: lengths, sums and frame bounds checked without trusting any entry.
+            let p = payload::read_prelude(&mut &VECTOR_V2_PAYLOAD[..], keys()).expect("v2 test vector");
+            let mut m: Manifest = p.manifest.clone();
+            m.chunk_table_sha256 = payload::Sha256Digest::of(rest);
+            m.chunk_count = (rest.len() / payload::CHUNK_ENTRY_V2_LEN) as u32;
+            let _ = payload::ChunkTable::parse(rest, &m, &p.header);
+        }
         _ => {
             // Two bytes of manifest length, the manifest, then the chunk table and frames.
             let Some((len, rest)) = rest.split_first_chunk::<2>() else { return };
@@ -60,7 +71,9 @@ fuzz_target!(|data: &[u8]| {
                 }],
             }
             .encode();
-            let header = Header { manifest_len: len as u32, signatures_len: block.len() as u32 };
+            // A version 2 manifest gets a version 2 header, so both manifest parsers are reached.
+            let format_version = if manifest.starts_with(&[2, 0, 0, 0]) { 2 } else { 1 };
+            let header = Header { format_version, manifest_len: len as u32, signatures_len: block.len() as u32 };
             let bytes = [&header.encode()[..], manifest, &block, tail].concat();
             let _ = payload::verify_stream(&mut &bytes[..], keys());
         }

@@ -29,6 +29,9 @@ V=../../updater/testdata/vector.payload
 { printf '\000'; cat $V; } > payload/vector
 { printf '\001'; head -c 112 /dev/zero; } > payload/two-zero-entries
 { printf '\002\166\000'; tail -c +65 $V | head -c 118; tail -c +259 $V; } > payload/signed-manifest
+# mode 3 (a version 2 chunk table): the v2 vector's own table (2 entries of 40 bytes).
+V2=../../updater/testdata/vector-v2.payload
+{ printf '\003'; tail -c +275 $V2 | head -c 80; } > payload/v2-table
 
 # frame: 4-byte little-endian chunk length, then a zstd frame of that many bytes.
 printf 'hello, frame\n' > /tmp/seed-frame.txt

@@ -40,6 +40,19 @@ pub struct PackCmd {
     /// zstd compression level (1 to 22).
     #[arg(long, value_name = "L", default_value_t = writer::DEFAULT_LEVEL)]
     pub level: i32,
+    /// Payload format: 2 (content-defined chunks, delta-capable) or 1 (fixed chunks of
+    /// --chunk-size, for devices whose updater predates version 2).
+    #[arg(long, value_name = "1|2", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub format: u32,
+    /// Format 2: smallest chunk in bytes (at least 1024).
+    #[arg(long, value_name = "N", default_value_t = payload::cdc::CdcParams::DEFAULT.min)]
+    pub cdc_min: u32,
+    /// Format 2: average chunk in bytes (a power of two between --cdc-min and --cdc-max).
+    #[arg(long, value_name = "N", default_value_t = payload::cdc::CdcParams::DEFAULT.avg)]
+    pub cdc_avg: u32,
+    /// Format 2: largest chunk in bytes (at most 4194304).
+    #[arg(long, value_name = "N", default_value_t = payload::cdc::CdcParams::DEFAULT.max)]
+    pub cdc_max: u32,
     /// IMAGE_ID, for images whose os-release cannot be read; must match the image otherwise.
     #[arg(long, value_name = "ID")]
     pub image_id: Option<String>,
@@ -245,14 +258,18 @@ impl PackCmd {
             .create_new(true)
             .open(&self.output)
             .with_context(|| format!("creating payload {}", self.output.display()))?;
-        let summary = writer::pack(
-            &mut BufReader::with_capacity(1 << 20, image),
-            size,
-            &mut out,
-            &keys,
-            &opts,
-        )
-        .with_context(|| {
+        let mut image = BufReader::with_capacity(1 << 20, image);
+        let cdc = payload::cdc::CdcParams {
+            min: self.cdc_min,
+            avg: self.cdc_avg,
+            max: self.cdc_max,
+        };
+        let summary = if self.format == 1 {
+            writer::pack(&mut image, size, &mut out, &keys, &opts)
+        } else {
+            writer::pack_v2(&mut image, size, &mut out, &keys, &opts, cdc)
+        };
+        let summary = summary.with_context(|| {
             format!(
                 "packing {} into {}",
                 self.image.display(),

@@ -6,6 +6,7 @@ mod firstboot;
 mod fleet;
 mod fleet_sim;
 mod fleetlock_server;
+mod delta;
 mod hardening;
 mod health;
 mod http;

@@ -16,7 +16,7 @@
 //! ([`KeySettings::invalid`]: ignoring it could trust a key the admin meant to revoke).
 //!
 //! ```
-//! use updater::payload::keys::{load_trusted, KeyError, KeySettings};
+//! use ab_payload::keys::{load_trusted, KeyError, KeySettings};
 //! let root = tempfile::tempdir().unwrap();
 //! let err = load_trusted(root.path(), &KeySettings::default()).unwrap_err();
 //! assert!(matches!(err, KeyError::NoTrustedKeys { revoked: 0, .. }));

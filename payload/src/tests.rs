@@ -132,7 +132,11 @@ impl Raw {
     fn split(p: &[u8]) -> Raw {
         let m = u32_at(p, 16) as usize;
         let s = u32_at(p, 20) as usize;
-        let t = u32_at(p, HEADER_LEN + M_CHUNK_COUNT) as usize * CHUNK_ENTRY_LEN;
+        let t = if u32_at(p, 8) == FORMAT_VERSION_V2 {
+            u32_at(p, HEADER_LEN + 76) as usize * CHUNK_ENTRY_V2_LEN
+        } else {
+            u32_at(p, HEADER_LEN + M_CHUNK_COUNT) as usize * CHUNK_ENTRY_LEN
+        };
         let (m_at, s_at, t_at) = (HEADER_LEN, HEADER_LEN + m, HEADER_LEN + m + s);
         Raw {
             manifest: p[m_at..s_at].to_vec(),
@@ -149,6 +153,12 @@ impl Raw {
 
     fn bytes(&self) -> Vec<u8> {
         let header = Header {
+            // A version 2 manifest goes with a version 2 header; anything else with version 1.
+            format_version: if self.manifest.starts_with(&le32(2)) {
+                2
+            } else {
+                1
+            },
             manifest_len: self.manifest.len() as u32,
             signatures_len: self.signatures.len() as u32,
         };
@@ -325,9 +335,9 @@ fn rejects_each_bad_header_with_its_exact_error() {
             format!("header checksum mismatch: stored {stored:08x}, computed {computed:08x}"),
         ),
         (
-            "format version 2",
-            with(8, &le32(2)),
-            "unsupported header format version 2 (this updater reads 1)".into(),
+            "format version 3",
+            with(8, &le32(3)),
+            "unsupported header format version 3 (this updater reads 1 to 2)".into(),
         ),
         (
             "header_len 65",
@@ -374,6 +384,7 @@ fn header_encodes_to_the_documented_bytes_and_locates_the_regions() {
     assert_eq!(
         h,
         Header {
+            format_version: 1,
             manifest_len: 118,
             signatures_len: 76
         }
@@ -663,9 +674,9 @@ fn rejects_each_bad_signed_manifest_with_its_exact_error() {
     trailing.manifest.push(0);
     let rows = vec![
         (
-            "manifest version 2",
-            g().manifest_at(M_VERSION, &le32(2)),
-            "unsupported manifest format version 2 (this updater reads 1)".to_string(),
+            "manifest version 3",
+            g().manifest_at(M_VERSION, &le32(3)),
+            "unsupported manifest format version 3 (this updater reads 1 to 2)".to_string(),
         ),
         (
             "flags set",
@@ -937,6 +948,7 @@ fn accepts_the_largest_legal_prelude() {
         image_size: count as u64 * 4096,
         image_sha256: Sha256Digest::default(),
         chunk_size: 4096,
+        cdc: None,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: "c".repeat(MAX_STRING_LEN),
@@ -974,6 +986,7 @@ fn accepts_the_largest_chunk_size_and_its_compress_bound() {
         image_size: u64::from(size) + 1,
         image_sha256: Sha256Digest::default(),
         chunk_size: size,
+        cdc: None,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: "testbox".into(),
@@ -1082,7 +1095,9 @@ fn a_failed_read_stops_the_reader_with_its_cause() {
 // ---- the test vector, encoding, display ------------------------------------------------------
 
 fn testdata() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    // The committed vectors live with the updater's other test data (the stream tests, the
+    // image-tools tests and the fuzz seeds use them too).
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../updater/testdata")
 }
 
 #[test]
@@ -1441,5 +1456,214 @@ mod key_dirs {
             );
         }
         assert_eq!(parse_public_key(&hex).unwrap(), test_key().verifying_key());
+    }
+}
+
+// ---- format version 2: content-defined chunks ------------------------------------------------
+
+mod v2 {
+    use super::*;
+    use crate::cdc::CdcParams;
+
+    /// Small chunking parameters, so a few KiB make several chunks.
+    const SMALL: CdcParams = CdcParams {
+        min: 1024,
+        avg: 2048,
+        max: 8192,
+    };
+
+    fn parts(image: &[u8]) -> PayloadParts {
+        PayloadParts::from_image_v2(image, &opts("testbox", "2.0"), SMALL).unwrap()
+    }
+
+    fn good() -> Vec<u8> {
+        parts(&image_bytes(40_000)).assemble(&[test_key()])
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        verify_stream(&mut &bytes[..], &trusted())
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// The manifest of `bytes`, altered by `f`, re-signed, with everything after it kept.
+    fn resigned(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let raw = Raw::split(bytes);
+        let mut m = raw.manifest.clone();
+        f(&mut m);
+        Raw {
+            signatures: block(&m, &[test_key()]),
+            manifest: m,
+            ..raw
+        }
+        .bytes()
+    }
+
+    #[test]
+    fn a_v2_payload_verifies_and_its_chunks_tile_the_image() {
+        let image = image_bytes(40_000);
+        let bytes = parts(&image).assemble(&[test_key()]);
+        let p = verify_stream(&mut &bytes[..], &trusted()).unwrap();
+        assert_eq!(p.header.format_version, 2);
+        assert_eq!(p.manifest.cdc, Some(SMALL));
+        assert_eq!(p.manifest.chunk_size, SMALL.max);
+        let e = &p.chunks.entries;
+        assert!(e.len() >= 40_000 / 8192, "{} chunks", e.len());
+        let mut at = 0;
+        for c in e {
+            assert_eq!(c.image_offset, at);
+            assert_eq!(
+                c.sha256,
+                Sha256Digest::of(&image[at as usize..(at + u64::from(c.image_len)) as usize])
+            );
+            at += u64::from(c.image_len);
+        }
+        assert_eq!(at, 40_000);
+        assert_eq!(p.chunks.payload_end(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn streaming_pack_v2_writes_the_same_bytes_as_the_in_memory_parts() {
+        let image = image_bytes(100_000);
+        let mut out = std::io::Cursor::new(Vec::new());
+        let o = PackOptions {
+            threads: 2,
+            ..opts("testbox", "2.0")
+        };
+        let summary = super::super::writer::pack_v2(
+            &mut std::io::Cursor::new(&image),
+            image.len() as u64,
+            &mut out,
+            &[test_key()],
+            &o,
+            SMALL,
+        )
+        .unwrap();
+        let want = parts(&image).assemble(&[test_key()]);
+        assert_eq!(out.into_inner(), want);
+        assert_eq!(summary.payload_size, want.len() as u64);
+    }
+
+    #[test]
+    fn an_insertion_keeps_most_chunks_of_the_image() {
+        let a = image_bytes(200_000);
+        let mut b = a[..50_000].to_vec();
+        b.extend_from_slice(b"a security fix");
+        b.extend_from_slice(&a[50_000..]);
+        let (pa, pb) = (parts(&a), parts(&b));
+        let have: std::collections::HashSet<_> = pa.entries.iter().map(|e| e.sha256).collect();
+        let missing = pb
+            .entries
+            .iter()
+            .filter(|e| !have.contains(&e.sha256))
+            .count();
+        assert!(missing <= 2, "{missing} of {} chunks new", pb.entries.len());
+    }
+
+    #[test]
+    fn a_v1_manifest_under_a_v2_header_is_refused() {
+        let v1 = Raw::good();
+        let mut bytes = v1.bytes();
+        bytes[8..12].copy_from_slice(&le32(2));
+        let crc = crc32fast::hash(&bytes[..60]);
+        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            error_of(&bytes),
+            "header says format version 2, manifest says 1"
+        );
+    }
+
+    #[test]
+    fn a_v2_manifest_with_bad_chunking_parameters_is_refused() {
+        let bad = resigned(&good(), |m| m[68..72].copy_from_slice(&le32(3000)));
+        assert_eq!(
+            error_of(&bad),
+            "manifest chunking parameters min 1024, avg 3000, max 8192: cdc_avg not a power of two"
+        );
+    }
+
+    #[test]
+    fn a_v2_chunk_count_the_image_cannot_have_is_refused() {
+        // 40000 bytes in chunks of at most 8192 bytes need at least 5.
+        let bad = resigned(&good(), |m| m[76..80].copy_from_slice(&le32(4)));
+        assert_eq!(
+            error_of(&bad),
+            "chunk count 4 does not fit image size 40000 with chunk size 8192 (needs 5)"
+        );
+    }
+
+    #[test]
+    fn a_v2_chunk_shorter_than_the_minimum_is_refused() {
+        let mut p = parts(&image_bytes(40_000));
+        // Move 100 bytes of chunk 0 into chunk 1: chunk 0 still tiles, but may be too short.
+        p.entries[0].image_len = 1000;
+        let bytes = p.assemble(&[test_key()]);
+        assert_eq!(
+            error_of(&bytes),
+            "chunk 0: image_len is 1000, expected 1024"
+        );
+    }
+
+    #[test]
+    fn a_v2_last_chunk_that_does_not_end_the_image_is_refused() {
+        let mut p = parts(&image_bytes(40_000));
+        let last = p.entries.len() - 1;
+        let len = p.entries[last].image_len;
+        p.entries[last].image_len = len - 1;
+        let bytes = p.assemble(&[test_key()]);
+        assert_eq!(
+            error_of(&bytes),
+            format!("chunk {last}: image_len is {}, expected {len}", len - 1)
+        );
+    }
+
+    #[test]
+    fn a_v2_manifest_with_reserved_bits_is_refused() {
+        let bad = resigned(&good(), |m| m[84] = 1);
+        assert_eq!(error_of(&bad), "manifest field reserved is 1, must be 0");
+    }
+
+    #[test]
+    fn the_v2_test_vector_is_what_the_writer_makes_and_verifies() {
+        let image = std::fs::read(testdata().join("vector.img")).unwrap();
+        let vector = std::fs::read(testdata().join("vector-v2.payload")).unwrap();
+        let o = PackOptions {
+            expires: Some(2_082_758_400),
+            ..opts("testbox", "1.0")
+        };
+        let fresh = PayloadParts::from_image_v2(&image, &o, SMALL)
+            .unwrap()
+            .assemble(&[test_key()]);
+        assert_eq!(fresh, vector, "run updater/testdata/gen-vector.sh");
+        let key = TrustedKeys::load_file(&testdata().join("vector.pub")).unwrap();
+        let p = verify_stream(&mut &vector[..], &TrustedKeys::new([key])).unwrap();
+        let raw = Raw::split(&vector);
+        assert_eq!(p.manifest.encode(), raw.manifest);
+        assert_eq!(p.chunks.encode_for(2), raw.table);
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/payload-format.md"),
+        )
+        .unwrap();
+        let dump = doc
+            .split("<!-- vector-v2-hex-begin -->")
+            .nth(1)
+            .and_then(|s| s.split("<!-- vector-v2-hex-end -->").next())
+            .expect("v2 hex dump in the doc");
+        let mut bytes = Vec::new();
+        for line in dump.lines().filter(|l| l.contains(':')) {
+            let (offset, hexes) = line.split_once(':').unwrap();
+            assert_eq!(
+                usize::from_str_radix(offset.trim(), 16).unwrap(),
+                bytes.len()
+            );
+            bytes.extend(
+                hexes
+                    .split_whitespace()
+                    .map(|h| u8::from_str_radix(h, 16).unwrap()),
+            );
+        }
+        // The dump shows the header and the manifest.
+        assert_eq!(bytes.len(), HEADER_LEN + raw.manifest.len());
+        assert_eq!(bytes[..], vector[..bytes.len()]);
     }
 }

@@ -7,10 +7,11 @@
 //! written last once every frame length is known. [`PayloadParts`] builds small payloads in
 //! memory, and lets tests alter any part and re-sign.
 
+use super::cdc::{CdcParams, Chunker};
 use super::{
     ChunkEntry, ChunkTable, Header, KeyId, Manifest, Sha256Digest, Signature, SignatureBlock,
     CHUNK_ENTRY_LEN, HEADER_LEN, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE, MAX_SIGNATURES, MAX_STRING_LEN,
-    MIN_CHUNK_SIZE,
+    MAX_V2_CHUNK_COUNT, MIN_CHUNK_SIZE,
 };
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -47,6 +48,12 @@ pub enum PackError {
         value: String,
         /// Maximum length.
         max: usize,
+    },
+    /// The content-defined chunking parameters break a rule.
+    #[error("chunking parameters: {rule}")]
+    BadCdc {
+        /// The rule broken.
+        rule: &'static str,
     },
     /// The image changed size while it was read.
     #[error("image ended at byte {found}, expected {expected} bytes")]
@@ -196,7 +203,7 @@ pub fn build_prelude(
     let manifest_len = manifest.encode().len();
     let signatures_len = 4 + keys.len() * super::SIGNATURE_RECORD_LEN;
     let mut offset =
-        (HEADER_LEN + manifest_len + signatures_len + entries.len() * CHUNK_ENTRY_LEN) as u64;
+        (HEADER_LEN + manifest_len + signatures_len) as u64 + manifest.chunk_table_len();
     for e in entries.iter_mut() {
         e.payload_offset = offset;
         offset += u64::from(e.frame_len);
@@ -204,7 +211,7 @@ pub fn build_prelude(
     let table = ChunkTable {
         entries: entries.to_vec(),
     }
-    .encode();
+    .encode_for(manifest.format_version());
     manifest.chunk_table_sha256 = Sha256Digest::of(&table);
     let manifest_bytes = manifest.encode();
     let block = SignatureBlock {
@@ -217,6 +224,7 @@ pub fn build_prelude(
             .collect(),
     };
     let header = Header {
+        format_version: manifest.format_version(),
         manifest_len: manifest_len as u32,
         signatures_len: signatures_len as u32,
     };
@@ -234,6 +242,7 @@ fn blank_manifest(opts: &PackOptions, image_size: u64) -> Manifest {
         image_size,
         image_sha256: Sha256Digest::default(),
         chunk_size: opts.chunk_size,
+        cdc: None,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: opts.compatible.clone(),
@@ -300,29 +309,7 @@ pub fn pack(
             offset += len as u64;
             bufs.push(buf);
         }
-        // Compress the batch on all threads, chunk i on thread i % threads.
-        let frames: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = compressors
-                .iter_mut()
-                .enumerate()
-                .map(|(t, c)| {
-                    let bufs = &bufs;
-                    s.spawn(move || {
-                        bufs.iter()
-                            .enumerate()
-                            .filter(|(i, _)| i % threads == t)
-                            .map(|(i, b)| (i, compress_chunk(c, b)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut all: Vec<_> = handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("compression thread panicked"))
-                .collect();
-            all.sort_by_key(|(i, _)| *i);
-            all.into_iter().map(|(_, f)| f).collect()
-        });
+        let frames = compress_batch(&mut compressors, &bufs);
         for (buf, frame) in bufs.iter().zip(frames) {
             let index = entries.len();
             let frame = frame.map_err(io_err(format!("compressing chunk {index}")))?;
@@ -367,6 +354,183 @@ pub fn pack(
     })
 }
 
+/// Compresses a batch of chunks on all threads (chunk i on thread i % threads), returning the
+/// frames in chunk order.
+fn compress_batch(
+    compressors: &mut [zstd::bulk::Compressor<'static>],
+    bufs: &[Vec<u8>],
+) -> Vec<std::io::Result<Vec<u8>>> {
+    let threads = compressors.len();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = compressors
+            .iter_mut()
+            .enumerate()
+            .map(|(t, c)| {
+                s.spawn(move || {
+                    bufs.iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % threads == t)
+                        .map(|(i, b)| (i, compress_chunk(c, b)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("compression thread panicked"))
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, f)| f).collect()
+    })
+}
+
+/// Chunks (version 2) in one batch of [`pack_v2`]: enough to keep every thread busy for a
+/// while without holding more than a few MiB.
+const V2_BATCH_PER_THREAD: usize = 16;
+
+/// Packs `image` (of `image_size` bytes, read from its start) into a version 2 payload in
+/// `out` (seekable, empty): content-defined chunks cut with `cdc`, one zstd frame per chunk
+/// (`docs/payload-format.md`, "Version 2"); `opts.chunk_size` is not used. Reads the image
+/// twice: once to count its chunks (the prelude's length depends on it), once to compress.
+/// Memory: the chunker's buffer and a batch of chunks and frames per thread.
+pub fn pack_v2(
+    image: &mut (impl Read + Seek),
+    image_size: u64,
+    out: &mut (impl Write + Seek),
+    keys: &[SigningKey],
+    opts: &PackOptions,
+    cdc: CdcParams,
+) -> Result<PackSummary, PackError> {
+    check_v2(opts, cdc, image_size)?;
+    let rewind = |image: &mut dyn SeekRead| {
+        image
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err("seeking image to its start"))
+    };
+    rewind(image)?;
+    let mut count = 0u64;
+    let mut chunker = Chunker::new(&mut *image, cdc);
+    while chunker
+        .next_chunk()
+        .map_err(io_err("reading image to count its chunks"))?
+        .is_some()
+    {
+        count += 1;
+        if count > u64::from(MAX_V2_CHUNK_COUNT) {
+            return Err(too_many_chunks(count));
+        }
+    }
+    let mut manifest = blank_manifest(opts, image_size);
+    manifest.chunk_size = cdc.max;
+    manifest.cdc = Some(cdc);
+    manifest.chunk_count = count as u32;
+    let prelude_len =
+        (HEADER_LEN + manifest.encode().len() + 4 + keys.len() * super::SIGNATURE_RECORD_LEN)
+            as u64
+            + manifest.chunk_table_len();
+    out.seek(SeekFrom::Start(prelude_len))
+        .map_err(io_err("seeking payload to the first frame"))?;
+    rewind(image)?;
+
+    let threads = opts.threads.max(1);
+    let mut compressors = (0..threads)
+        .map(|_| compressor(opts.level))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io_err("creating zstd compressors"))?;
+    let mut hasher = Sha256::new();
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut chunker = Chunker::new(&mut *image, cdc);
+    let mut offset = 0u64;
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    loop {
+        bufs.truncate(0);
+        while bufs.len() < threads * V2_BATCH_PER_THREAD {
+            let Some((_, chunk)) = chunker
+                .next_chunk()
+                .map_err(io_err(format!("reading image at offset {offset}")))?
+            else {
+                break;
+            };
+            hasher.update(chunk);
+            offset += chunk.len() as u64;
+            bufs.push(chunk.to_vec());
+        }
+        if bufs.is_empty() {
+            break;
+        }
+        for (buf, frame) in bufs.iter().zip(compress_batch(&mut compressors, &bufs)) {
+            let index = entries.len();
+            let frame = frame.map_err(io_err(format!("compressing chunk {index}")))?;
+            out.write_all(&frame)
+                .map_err(io_err(format!("writing frame of chunk {index}")))?;
+            entries.push(ChunkEntry {
+                image_offset: entries
+                    .last()
+                    .map_or(0, |e: &ChunkEntry| e.image_offset + u64::from(e.image_len)),
+                payload_offset: 0,
+                image_len: buf.len() as u32,
+                frame_len: frame.len() as u32,
+                sha256: Sha256Digest::of(buf),
+            });
+        }
+    }
+    if offset != image_size || entries.len() as u64 != count {
+        return Err(PackError::ImageChanged {
+            found: offset,
+            expected: image_size,
+        });
+    }
+    manifest.image_sha256 = Sha256Digest(hasher.finalize().into());
+    let (manifest, prelude) = build_prelude(manifest, &mut entries, keys);
+    assert_eq!(prelude.len() as u64, prelude_len, "prelude layout");
+    let payload_size = entries
+        .last()
+        .map_or(0, |e| e.payload_offset + u64::from(e.frame_len));
+    out.seek(SeekFrom::Start(0))
+        .map_err(io_err("seeking payload to its start"))?;
+    out.write_all(&prelude).map_err(io_err(
+        "writing payload header, manifest, signatures and chunk table",
+    ))?;
+    out.flush().map_err(io_err("flushing payload"))?;
+    Ok(PackSummary {
+        manifest,
+        payload_size,
+    })
+}
+
+/// A readable, seekable image.
+trait SeekRead: Read + Seek {}
+impl<T: Read + Seek> SeekRead for T {}
+
+fn too_many_chunks(count: u64) -> PackError {
+    PackError::OutOfRange {
+        what: "chunk count",
+        found: count,
+        min: 1,
+        max: MAX_V2_CHUNK_COUNT.into(),
+    }
+}
+
+fn check_v2(opts: &PackOptions, cdc: CdcParams, image_size: u64) -> Result<(), PackError> {
+    let v1 = PackOptions {
+        chunk_size: MIN_CHUNK_SIZE,
+        ..opts.clone()
+    };
+    v1.check()?;
+    if let Err(rule) = cdc.check() {
+        return Err(PackError::BadCdc { rule });
+    }
+    if image_size == 0 {
+        return Err(PackError::OutOfRange {
+            what: "image size",
+            found: 0,
+            min: 1,
+            max: u64::MAX,
+        });
+    }
+    Ok(())
+}
+
 /// A payload held in parts, for building small payloads in memory and for tests that alter a
 /// part and re-sign.
 #[derive(Debug, Clone)]
@@ -399,6 +563,44 @@ impl PayloadParts {
                 sha256: Sha256Digest::of(chunk),
             });
             frames.push(frame);
+        }
+        Ok(PayloadParts {
+            manifest,
+            entries,
+            frames,
+        })
+    }
+
+    /// Cuts `image` into content-defined chunks with `cdc` and compresses each (version 2).
+    pub fn from_image_v2(
+        image: &[u8],
+        opts: &PackOptions,
+        cdc: CdcParams,
+    ) -> Result<PayloadParts, PackError> {
+        check_v2(opts, cdc, image.len() as u64)?;
+        let mut c = compressor(opts.level).map_err(io_err("creating zstd compressor"))?;
+        let mut manifest = blank_manifest(opts, image.len() as u64);
+        manifest.image_sha256 = Sha256Digest::of(image);
+        manifest.chunk_size = cdc.max;
+        manifest.cdc = Some(cdc);
+        let mut entries = Vec::new();
+        let mut frames = Vec::new();
+        let mut chunker = Chunker::new(image, cdc);
+        while let Some((at, chunk)) = chunker.next_chunk().map_err(io_err("chunking image"))? {
+            let i = entries.len();
+            let frame =
+                compress_chunk(&mut c, chunk).map_err(io_err(format!("compressing chunk {i}")))?;
+            entries.push(ChunkEntry {
+                image_offset: at,
+                payload_offset: 0,
+                image_len: chunk.len() as u32,
+                frame_len: frame.len() as u32,
+                sha256: Sha256Digest::of(chunk),
+            });
+            frames.push(frame);
+        }
+        if entries.len() as u64 > u64::from(MAX_V2_CHUNK_COUNT) {
+            return Err(too_many_chunks(entries.len() as u64));
         }
         Ok(PayloadParts {
             manifest,

@@ -1,0 +1,210 @@
+//! Planning a delta install of a version 2 payload: which of its chunks the device already
+//! holds, and which byte ranges of the payload it must fetch for the rest.
+//!
+//! The device indexes a slot it already has (the booted one) by cutting it with the payload's
+//! own chunking parameters ([`LocalIndex::build`], the rule of `ab_payload::cdc`): unchanged
+//! regions of the image give the same chunks, found by SHA-256. No manifest of the booted
+//! version needs to be kept, and a slot written by a version 1 payload or at the factory is
+//! indexed the same way. The index holds offsets and hashes only (about 48 bytes a chunk).
+//!
+//! [`plan`] then lists, in image order, the chunks to copy from the local slot and the payload
+//! byte ranges holding the frames of the others, coalesced: frames of consecutive missing
+//! chunks are adjacent in the payload, and ranges closer than [`MAX_GAP`] are merged (fetching
+//! the few bytes between costs less than another range). When the ranges would cost nearly as
+//! much as the whole payload ([`FULL_DOWNLOAD_RATIO`]) the plan says to stream it whole.
+//! A local chunk is a hint, not a fact: the installer verifies its SHA-256 again when it copies
+//! it, and fetches its frame instead when the slot is damaged.
+
+use crate::payload::cdc::{CdcParams, Chunker};
+use crate::payload::{ChunkEntry, Sha256Digest};
+use std::collections::HashMap;
+use std::io::Read;
+use std::ops::Range;
+
+/// Ranges whose gap is at most this many bytes are fetched as one.
+pub const MAX_GAP: u64 = 16 << 10;
+/// Stream the whole payload when the planned ranges reach this share of its frames.
+pub const FULL_DOWNLOAD_RATIO: f64 = 0.8;
+
+/// Where each chunk of a local slot is, by SHA-256.
+#[derive(Debug, Default)]
+pub struct LocalIndex {
+    chunks: HashMap<Sha256Digest, (u64, u32)>,
+}
+
+impl LocalIndex {
+    /// Cuts `slot` (read from its start, at most `len` bytes) with `params` and records each
+    /// chunk's offset and length by its SHA-256. Memory: the chunker's buffer and the index.
+    pub fn build(slot: impl Read, len: u64, params: CdcParams) -> std::io::Result<LocalIndex> {
+        let mut chunker = Chunker::new(slot.take(len), params);
+        let mut chunks = HashMap::new();
+        while let Some((at, bytes)) = chunker.next_chunk()? {
+            chunks
+                .entry(Sha256Digest::of(bytes))
+                .or_insert((at, bytes.len() as u32));
+        }
+        Ok(LocalIndex { chunks })
+    }
+
+    /// The local offset of a chunk with this hash and length, if the slot has one.
+    pub fn find(&self, sha256: &Sha256Digest, len: u32) -> Option<u64> {
+        self.chunks
+            .get(sha256)
+            .filter(|(_, l)| *l == len)
+            .map(|(at, _)| *at)
+    }
+
+    /// Number of distinct chunks indexed.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// What to do for the chunks of a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaPlan {
+    /// For each chunk in image order: `Some(local offset)` to copy it, `None` to fetch it.
+    pub sources: Vec<Option<u64>>,
+    /// Payload byte ranges to fetch, ascending, disjoint, each covering whole frames.
+    pub ranges: Vec<Range<u64>>,
+    /// Bytes the ranges cover.
+    pub fetch_bytes: u64,
+    /// Image bytes copied from the local slot.
+    pub reuse_bytes: u64,
+    /// Whether streaming the whole payload is cheaper than the ranges.
+    pub full_download: bool,
+}
+
+/// Plans chunks `start..` of `entries` against `local` (see the module doc).
+pub fn plan(entries: &[ChunkEntry], start: usize, local: &LocalIndex) -> DeltaPlan {
+    let mut sources = Vec::with_capacity(entries.len());
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    let mut reuse_bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        if i < start {
+            sources.push(None);
+            continue;
+        }
+        let found = local.find(&e.sha256, e.image_len);
+        sources.push(found);
+        if found.is_some() {
+            reuse_bytes += u64::from(e.image_len);
+            continue;
+        }
+        let frame = e.payload_offset..e.payload_offset + u64::from(e.frame_len);
+        match ranges.last_mut() {
+            Some(last) if frame.start <= last.end + MAX_GAP => last.end = frame.end,
+            _ => ranges.push(frame),
+        }
+    }
+    let fetch_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let frames: u64 = entries[start.min(entries.len())..]
+        .iter()
+        .map(|e| u64::from(e.frame_len))
+        .sum();
+    DeltaPlan {
+        full_download: frames > 0 && fetch_bytes as f64 >= frames as f64 * FULL_DOWNLOAD_RATIO,
+        sources,
+        ranges,
+        fetch_bytes,
+        reuse_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: CdcParams = CdcParams {
+        min: 1024,
+        avg: 2048,
+        max: 8192,
+    };
+
+    fn noise(len: usize, mut x: u32) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// The entries of `image` cut with `P`, each frame `frame_len` bytes long.
+    fn entries(image: &[u8], frame_len: u32) -> Vec<ChunkEntry> {
+        let mut c = Chunker::new(image, P);
+        let mut out = Vec::new();
+        let mut payload_offset = 1000;
+        while let Some((at, b)) = c.next_chunk().unwrap() {
+            out.push(ChunkEntry {
+                image_offset: at,
+                payload_offset,
+                image_len: b.len() as u32,
+                frame_len,
+                sha256: Sha256Digest::of(b),
+            });
+            payload_offset += u64::from(frame_len);
+        }
+        out
+    }
+
+    #[test]
+    fn an_unchanged_image_is_copied_whole_and_fetches_nothing() {
+        let image = noise(100_000, 1);
+        let local = LocalIndex::build(&image[..], image.len() as u64, P).unwrap();
+        let e = entries(&image, 500);
+        let p = plan(&e, 0, &local);
+        assert!(p.sources.iter().all(Option::is_some));
+        assert_eq!((p.fetch_bytes, p.reuse_bytes), (0, 100_000));
+        assert!(p.ranges.is_empty() && !p.full_download);
+    }
+
+    #[test]
+    fn a_changed_region_is_fetched_as_one_coalesced_range() {
+        let old = noise(200_000, 2);
+        let mut new = old.clone();
+        new[100_000..100_100].fill(0xaa);
+        let local = LocalIndex::build(&old[..], old.len() as u64, P).unwrap();
+        let e = entries(&new, 500);
+        let p = plan(&e, 0, &local);
+        let missing: Vec<usize> = (0..e.len()).filter(|&i| p.sources[i].is_none()).collect();
+        assert!(!missing.is_empty() && missing.len() <= 3, "{missing:?}");
+        assert_eq!(p.ranges.len(), 1, "{:?}", p.ranges);
+        assert_eq!(p.fetch_bytes, 500 * missing.len() as u64);
+        assert!(!p.full_download);
+    }
+
+    #[test]
+    fn a_local_chunk_of_another_length_is_not_reused() {
+        let image = noise(50_000, 3);
+        let local = LocalIndex::build(&image[..], image.len() as u64, P).unwrap();
+        let e = entries(&image, 500);
+        assert_eq!(local.find(&e[0].sha256, e[0].image_len + 1), None);
+        assert_eq!(local.find(&e[0].sha256, e[0].image_len), Some(0));
+    }
+
+    #[test]
+    fn nothing_in_common_means_a_full_download() {
+        let local = LocalIndex::build(&noise(50_000, 4)[..], 50_000, P).unwrap();
+        let e = entries(&noise(50_000, 5), 500);
+        let p = plan(&e, 0, &local);
+        assert!(p.full_download);
+        assert_eq!(p.ranges, vec![1000..1000 + 500 * e.len() as u64]);
+    }
+
+    #[test]
+    fn chunks_before_the_resume_point_are_neither_fetched_nor_copied() {
+        let local = LocalIndex::default();
+        let e = entries(&noise(50_000, 6), 500);
+        let p = plan(&e, 3, &local);
+        assert_eq!(p.ranges[0].start, 1000 + 3 * 500);
+        assert_eq!(p.reuse_bytes, 0);
+    }
+}
