@@ -2,11 +2,11 @@
 mod agent;
 mod crashpoints;
 mod cycle;
+mod delta;
 mod firstboot;
 mod fleet;
 mod fleet_sim;
 mod fleetlock_server;
-mod delta;
 mod hardening;
 mod health;
 mod http;
