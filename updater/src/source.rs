@@ -207,6 +207,13 @@ pub trait Source: Send {
     /// Opens a stream at `offset`. Errors whose inner error is a [`SourceError::HttpStatus`]
     /// of 4xx or any other [`SourceError`] are permanent; others are transient.
     fn open_at(&mut self, offset: u64) -> io::Result<Stream>;
+    /// Opens a stream of the bytes `offset..end` (`end` = `None`: to the end of the payload).
+    /// The stream may go on past `end` (sources that cannot bound it): the reader stops there.
+    /// HTTP asks for `Range: bytes=offset-(end-1)`.
+    fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
+        let _ = end;
+        self.open_at(offset)
+    }
     /// Total length, when known (after the first open for HTTP).
     fn total_len(&self) -> Option<u64>;
     /// A block device: its length is whole sectors, so bytes after the payload's end are
@@ -456,12 +463,17 @@ impl Source for HttpSource {
     }
 
     fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+        self.open_range(offset, None)
+    }
+
+    fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
         let mut url = self.url.clone();
+        let range = match end {
+            Some(end) if end > offset => format!("bytes={offset}-{}", end - 1),
+            _ => format!("bytes={offset}-"),
+        };
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self
-                .agent
-                .get(&url)
-                .set("Range", &format!("bytes={offset}-"));
+            let mut request = self.agent.get(&url).set("Range", &range);
             if let Some(v) = self.identity.as_ref().and_then(Identity::if_range) {
                 request = request.set("If-Range", v);
             }
@@ -521,6 +533,9 @@ impl Source for SharedSource {
     fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
         self.inner().open_at(offset)
     }
+    fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
+        self.inner().open_range(offset, end)
+    }
     fn total_len(&self) -> Option<u64> {
         self.inner().total_len()
     }
@@ -538,6 +553,8 @@ pub struct ResumingReader {
     source: Box<dyn Source>,
     stream: Option<Stream>,
     offset: u64,
+    /// Where the current range ends (`None`: the payload's end), see [`ResumingReader::seek_range`].
+    end: Option<u64>,
     /// The furthest offset reached: bytes past it are progress.
     furthest: u64,
     policy: RetryPolicy,
@@ -564,6 +581,7 @@ impl ResumingReader {
             source,
             stream: None,
             offset,
+            end: None,
             furthest: offset,
             policy,
             failures: 0,
@@ -586,14 +604,29 @@ impl ResumingReader {
         self.source.describe()
     }
 
-    /// Moves to `offset`, reopening the stream there.
+    /// Moves to `offset`, reopening the stream there (to the payload's end).
     pub fn seek_to(&mut self, offset: u64) -> io::Result<()> {
-        if offset != self.offset || self.stream.is_none() {
+        if offset != self.offset || self.stream.is_none() || self.end.is_some() {
             self.offset = offset;
+            self.end = None;
             self.stream = None;
             self.open()?;
         }
         Ok(())
+    }
+
+    /// Opens the bytes `range` of the payload (one HTTP range request; reopened from the
+    /// offset reached after a transient failure). Reading past `range.end` ends the stream.
+    pub fn seek_range(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
+        self.offset = range.start;
+        self.end = Some(range.end);
+        self.stream = None;
+        self.open()
+    }
+
+    /// Bytes received from the source so far (re-fetched bytes after a retry count again).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Fails when the deadline has passed or the last window was too slow.
@@ -632,7 +665,10 @@ impl ResumingReader {
         loop {
             self.check_limits()?;
             let started = Instant::now();
-            let opened = self.source.open_at(self.offset);
+            let opened = match self.end {
+                None => self.source.open_at(self.offset),
+                end => self.source.open_range(self.offset, end),
+            };
             self.waited += started.elapsed();
             match opened {
                 Ok(s) => {
@@ -678,6 +714,15 @@ impl Read for ResumingReader {
         if buf.is_empty() {
             return Ok(0);
         }
+        let buf = match self.end {
+            Some(end) if end <= self.offset => return Ok(0),
+            Some(end) => {
+                let left = usize::try_from(end - self.offset).unwrap_or(usize::MAX);
+                let n = buf.len().min(left);
+                &mut buf[..n]
+            }
+            None => buf,
+        };
         loop {
             self.check_limits()?;
             if self.stream.is_none() {

@@ -364,14 +364,14 @@ fn status_keeps_the_failed_list_the_agent_reads() {
 
 /// A real nginx (Debian's package) serving a directory on a free 127.0.0.1 port, with its own
 /// config, logs and pid in a temporary directory; stopped on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: std::process::Child,
     dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Nginx {
-    fn serve(root: &std::path::Path) -> Nginx {
+    pub(crate) fn serve(root: &std::path::Path) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -417,11 +417,11 @@ http {{
         );
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
 
-    fn requests(&self) -> String {
+    pub(crate) fn requests(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 }

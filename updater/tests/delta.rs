@@ -47,3 +47,140 @@ fn a_format_2_payload_with_a_damaged_frame_is_refused_and_the_slot_stays_unboota
     );
     assert!(!dev.slot(&SlotId::B).attrs.is_bootable());
 }
+
+// Delta installs over HTTP: the booted slot holds the previous image, the device fetches the
+// frames of the chunks it lacks by range.
+
+use crate::agent::Nginx;
+use crate::netfaults::{run_install, Fault, FaultServer};
+use updater::install::InstallReport;
+use updater::payload::{ChunkEntry, TrustedKeys};
+
+/// An old image and a new one that differs from it in three places far apart (an overwrite,
+/// an insertion that shifts everything after it, another overwrite): about 1% of its bytes.
+fn pair() -> (Vec<u8>, Vec<u8>) {
+    let old = util::image_bytes(600_000, 7);
+    let mut new = old.clone();
+    new[100_000..103_000].fill(0x5a);
+    new.splice(300_000..300_000, (0..500).map(|i| i as u8 ^ 0xc3));
+    new[500_000..502_000].fill(0xa5);
+    (old, new)
+}
+
+/// A device booted from slot A holding `old`.
+fn booted_with(old: &[u8]) -> Device {
+    let dev = Device::new();
+    util::write_at(&dev.disk(), dev.slot(&SlotId::A).byte_offset(), old);
+    dev
+}
+
+fn v2_payload(image: &[u8], version: &str) -> Vec<u8> {
+    v2_parts(image, version).assemble(&[util::test_key()])
+}
+
+/// The chunk table of a payload.
+fn entries(payload: &[u8]) -> Vec<ChunkEntry> {
+    let keys = TrustedKeys::new([util::test_key().verifying_key()]);
+    updater::payload::read_prelude(&mut &payload[..], &keys)
+        .unwrap()
+        .chunks
+        .entries
+}
+
+/// Nginx serving `payload` as `/p`, with the directory it serves.
+fn nginx_with(payload: &[u8]) -> (Nginx, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p"), payload).unwrap();
+    (Nginx::serve(dir.path()), dir)
+}
+
+fn assert_installed(dev: &Device, image: &[u8]) {
+    assert!(dev.slot_bytes(&SlotId::B)[..image.len()] == image[..]);
+    assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
+}
+
+#[test]
+fn a_delta_install_over_http_fetches_a_small_share_of_the_payload_and_reuses_the_rest() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let a_before = dev.slot_bytes(&SlotId::A);
+    let payload = v2_payload(&new, "2.0");
+    let (nginx, _dir) = nginx_with(&payload);
+    let out = dev.updater(&["--json", "install", &nginx.url("p")]);
+    let stdout = util::ok(out);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let fetched = report["bytes_fetched"].as_u64().unwrap();
+    let reused = report["bytes_reused"].as_u64().unwrap();
+    eprintln!(
+        "delta pair: payload {} bytes, fetched {fetched}, reused {reused} of {}",
+        payload.len(),
+        new.len()
+    );
+    assert_eq!(report["delta"], true, "{report}");
+    assert!(fetched * 5 < payload.len() as u64, "{report}");
+    assert!(reused * 10 > new.len() as u64 * 9, "{report}");
+    assert_eq!(report["damaged_local_chunks"], 0);
+    assert!(nginx.requests().contains(" 206 "), "{}", nginx.requests());
+    assert_installed(&dev, &new);
+    assert_eq!(dev.slot_bytes(&SlotId::A), a_before);
+}
+
+#[test]
+fn a_damaged_chunk_of_the_booted_slot_is_fetched_instead() {
+    let (old, new) = pair();
+    let payload = v2_payload(&new, "2.0");
+    let (nginx, _dir) = nginx_with(&payload);
+    let run = |damage: bool| -> InstallReport {
+        let dev = booted_with(&old);
+        if damage {
+            let a = dev.slot(&SlotId::A).byte_offset();
+            util::write_at(&dev.disk(), a + 200_000, &[!old[200_000]]);
+        }
+        let report = run_install(&dev, &nginx.url("p"), 3).unwrap();
+        assert_installed(&dev, &new);
+        report
+    };
+    let clean = run(false);
+    let damaged = run(true);
+    assert!(damaged.delta, "{damaged:?}");
+    // The chunk holding the damaged byte, and only it, is fetched rather than copied.
+    let e = entries(&payload);
+    let chunk = e
+        .iter()
+        .find(|c| c.image_offset <= 200_000 && 200_000 < c.image_offset + u64::from(c.image_len))
+        .unwrap();
+    assert_eq!(
+        clean.bytes_reused - damaged.bytes_reused,
+        u64::from(chunk.image_len)
+    );
+    assert!(damaged.bytes_fetched >= clean.bytes_fetched + u64::from(chunk.frame_len));
+}
+
+#[test]
+fn a_server_that_ignores_range_gets_the_payload_downloaded_whole() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let payload = v2_payload(&new, "2.0");
+    let server = FaultServer::start(
+        payload.clone(),
+        Vec::new(),
+        vec![Fault::IgnoreRange { at: usize::MAX }; 8],
+    );
+    let report = run_install(&dev, &server.url(), 1).unwrap();
+    assert!(report.ranges_ignored, "{report:?}");
+    assert!(report.bytes_fetched >= payload.len() as u64, "{report:?}");
+    assert_installed(&dev, &new);
+}
+
+#[test]
+fn a_v1_payload_installs_over_http_by_streaming_it_whole() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let payload = util::parts(&new, "2.0").assemble(&[util::test_key()]);
+    let (nginx, _dir) = nginx_with(&payload);
+    let report = run_install(&dev, &nginx.url("p"), 3).unwrap();
+    assert!(!report.delta, "{report:?}");
+    assert_eq!((report.bytes_fetched, report.bytes_reused), (payload.len() as u64, 0));
+    assert_installed(&dev, &new);
+}

@@ -16,7 +16,7 @@ use updater::state::{InstallProgress, StateDir, INSTALL_PROGRESS};
 /// What the server does to one request (a request past the end of the script gets the
 /// server's `then` fault, [`Fault::Serve`] unless told otherwise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
+pub(crate) enum Fault {
     /// Answer correctly.
     Serve,
     /// Send the headers and `at` bytes of the payload (counted from the file start), then close.
@@ -65,7 +65,7 @@ struct Request {
     at: Instant,
 }
 
-struct FaultServer {
+pub(crate) struct FaultServer {
     port: u16,
     /// Every request, in order.
     log: Arc<Mutex<Vec<Request>>>,
@@ -81,7 +81,7 @@ struct Script {
 }
 
 impl FaultServer {
-    fn start(payload: Vec<u8>, other: Vec<u8>, faults: Vec<Fault>) -> FaultServer {
+    pub(crate) fn start(payload: Vec<u8>, other: Vec<u8>, faults: Vec<Fault>) -> FaultServer {
         FaultServer::build(payload, other, faults, Fault::Serve, Validators::NGINX)
     }
 
@@ -115,12 +115,12 @@ impl FaultServer {
         FaultServer { port, log }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/payload", self.port)
     }
 
     /// Range start of each request, in order.
-    fn starts(&self) -> Vec<u64> {
+    pub(crate) fn starts(&self) -> Vec<u64> {
         self.log.lock().unwrap().iter().map(|r| r.start).collect()
     }
 
@@ -168,7 +168,8 @@ fn answer(
         }
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("range: bytes=") {
-            request.start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+            // `bytes=N-` or `bytes=N-M` (the rest of the file is sent either way).
+            request.start = v.split('-').next().unwrap_or("").trim().parse().unwrap_or(0);
         }
         if lower.starts_with("if-range:") {
             request.if_range = Some(line["if-range:".len()..].trim().to_owned());
@@ -282,7 +283,7 @@ const UNBOOTABLE: SlotAttrs = SlotAttrs {
 };
 
 /// One install over HTTP with `attempts` tries per failure and short timeouts.
-fn run_install(
+pub(crate) fn run_install(
     dev: &Device,
     url: &str,
     attempts: u32,

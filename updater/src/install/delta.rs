@@ -14,12 +14,21 @@
 //! much as the whole payload ([`FULL_DOWNLOAD_RATIO`]) the plan says to stream it whole.
 //! A local chunk is a hint, not a fact: the installer verifies its SHA-256 again when it copies
 //! it, and fetches its frame instead when the slot is damaged.
+//!
+//! [`apply`] carries a plan out, chunk by chunk in image order, handing every chunk to the
+//! installer's sink only after its SHA-256 matched the signed table: a local chunk is read
+//! from the booted slot and checked, a fetched one is read from its range ([`Fetcher`], one
+//! single-range request per coalesced range, reopened with `If-Range` after a failure) and
+//! decoded. Memory: one frame and one chunk buffer.
 
 use crate::payload::cdc::{CdcParams, Chunker};
-use crate::payload::{ChunkEntry, Sha256Digest};
+use crate::payload::{self, ChunkDecoder, ChunkEntry, ReadError, Sha256Digest};
+use crate::source::{ResumingReader, SourceError};
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 /// Ranges whose gap is at most this many bytes are fetched as one.
 pub const MAX_GAP: u64 = 16 << 10;
@@ -114,6 +123,224 @@ pub fn plan(entries: &[ChunkEntry], start: usize, local: &LocalIndex) -> DeltaPl
         fetch_bytes,
         reuse_bytes,
     }
+}
+
+/// A reader of a slot from its start: `Read` by positioned reads of a shared disk handle.
+pub struct SlotReader<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl<'a> SlotReader<'a> {
+    /// Reads `file` from byte `at` on.
+    pub fn new(file: &'a File, at: u64) -> SlotReader<'a> {
+        SlotReader { file, at }
+    }
+}
+
+impl Read for SlotReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaStats {
+    /// Image bytes copied from the booted slot after their SHA-256 matched.
+    pub reused_bytes: u64,
+    /// Image bytes found already in place in the target slot (a resumed install).
+    pub in_place_bytes: u64,
+    /// Local chunks whose bytes no longer matched their hash, fetched instead.
+    pub damaged_local_chunks: u32,
+    /// The server answered a range request with the whole payload, which was then streamed.
+    pub ranges_ignored: bool,
+}
+
+/// How [`apply`] ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Every chunk went to the sink.
+    Done,
+    /// The server answered a range request with the whole payload: chunks from this index on
+    /// must come from streaming the payload whole.
+    RangesIgnored(u32),
+}
+
+/// Why [`apply`] stopped.
+#[derive(Debug)]
+pub enum ApplyError<E> {
+    /// A fetched frame is bad (its chunk index is in the error).
+    Payload(payload::PayloadError),
+    /// Reading the payload failed at this offset.
+    Read {
+        /// Payload offset.
+        offset: u64,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Reading the booted slot failed at this byte of the disk.
+    Local {
+        /// Byte offset on the disk.
+        offset: u64,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The sink failed.
+    Sink(E),
+}
+
+/// The slots [`apply`] reads: the booted one (local chunks) and the target (chunks already in
+/// place after an interruption), as (disk handle, byte offset of the slot on it).
+pub struct Slots<'a> {
+    /// The booted slot.
+    pub booted: (&'a File, u64),
+    /// The target slot, checked only when `resuming`.
+    pub target: (&'a File, u64),
+    /// Whether an earlier run of this install may have written chunks past its checkpoint.
+    pub resuming: bool,
+}
+
+/// Reads frames of a payload from coalesced ranges: each range is one request from the first
+/// frame needed in it; frames skipped inside a range (their chunk was local) are read past
+/// when the gap is at most [`MAX_GAP`], else the next frame starts a new request.
+pub struct Fetcher<'a> {
+    reader: &'a mut ResumingReader,
+    ranges: &'a [Range<u64>],
+    open_end: Option<u64>,
+}
+
+impl<'a> Fetcher<'a> {
+    /// A fetcher of frames within `ranges` (frames outside them are fetched alone).
+    pub fn new(reader: &'a mut ResumingReader, ranges: &'a [Range<u64>]) -> Fetcher<'a> {
+        Fetcher {
+            reader,
+            ranges,
+            open_end: None,
+        }
+    }
+
+    /// Reads the frame of chunk `index` into `buf`.
+    pub fn frame(
+        &mut self,
+        index: u32,
+        e: &ChunkEntry,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ReadError> {
+        let want = e.payload_offset..e.payload_offset + u64::from(e.frame_len);
+        let at = self.reader.offset();
+        let in_open = self
+            .open_end
+            .is_some_and(|end| at <= want.start && want.end <= end && want.start - at <= MAX_GAP);
+        if in_open {
+            let gap = want.start - at;
+            let skipped = std::io::copy(&mut (&mut *self.reader).take(gap), &mut std::io::sink())
+                .map_err(ReadError::Io)?;
+            if skipped != gap {
+                return Err(ReadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("range ended at offset {}", at + skipped),
+                )));
+            }
+        } else {
+            let i = self.ranges.partition_point(|r| r.end <= want.start);
+            let end = match self.ranges.get(i) {
+                Some(r) if r.start <= want.start && want.end <= r.end => r.end,
+                _ => want.end,
+            };
+            self.reader
+                .seek_range(want.start..end)
+                .map_err(ReadError::Io)?;
+            self.open_end = Some(end);
+        }
+        payload::read_frame(self.reader, index, e, buf)
+    }
+}
+
+/// Whether an error says the server sent the whole payload for a range request.
+fn is_range_ignored(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<SourceError>()),
+        Some(SourceError::RangeNotHonoured { .. })
+    )
+}
+
+/// Reads `e`'s bytes from `file` at `base + at` into `buf`; whether they match its SHA-256.
+fn read_checked(
+    file: &File,
+    base: u64,
+    at: u64,
+    e: &ChunkEntry,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    buf.resize(e.image_len as usize, 0);
+    file.read_exact_at(buf, base + at)?;
+    Ok(Sha256Digest::of(buf) == e.sha256)
+}
+
+/// Carries `plan` out for chunks `start..` of `entries` (see the module doc): `sink(index,
+/// entry, Some(bytes))` for each verified chunk to write, `sink(index, entry, None)` for a
+/// chunk already in place in the target slot.
+pub fn apply<E>(
+    entries: &[ChunkEntry],
+    start: u32,
+    plan: &DeltaPlan,
+    slots: &Slots<'_>,
+    reader: &mut ResumingReader,
+    stats: &mut DeltaStats,
+    sink: &mut dyn FnMut(u32, &ChunkEntry, Option<&[u8]>) -> Result<(), E>,
+) -> Result<Applied, ApplyError<E>> {
+    let mut fetcher = Fetcher::new(reader, &plan.ranges);
+    let mut decoder = ChunkDecoder::new().map_err(|source| ApplyError::Read {
+        offset: 0,
+        source,
+    })?;
+    let (mut frame, mut chunk) = (Vec::new(), Vec::new());
+    for (i, e) in entries.iter().enumerate().skip(start as usize) {
+        let index = i as u32;
+        let local_err = |at: u64| move |source| ApplyError::Local { offset: at, source };
+        if let Some(at) = plan.sources[i] {
+            let (file, base) = slots.booted;
+            if read_checked(file, base, at, e, &mut chunk).map_err(local_err(base + at))? {
+                stats.reused_bytes += u64::from(e.image_len);
+                sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
+                continue;
+            }
+            stats.damaged_local_chunks += 1;
+            log::warn!(
+                "chunk {index}: the booted slot's bytes at offset {at} no longer match its SHA-256; fetching it"
+            );
+        } else if slots.resuming {
+            let (file, base) = slots.target;
+            if read_checked(file, base, e.image_offset, e, &mut chunk)
+                .map_err(local_err(base + e.image_offset))?
+            {
+                stats.in_place_bytes += u64::from(e.image_len);
+                sink(index, e, None).map_err(ApplyError::Sink)?;
+                continue;
+            }
+        }
+        match fetcher.frame(index, e, &mut frame) {
+            Ok(()) => {}
+            Err(ReadError::Io(err)) if is_range_ignored(&err) => {
+                return Ok(Applied::RangesIgnored(index))
+            }
+            Err(ReadError::Io(source)) => {
+                return Err(ApplyError::Read {
+                    offset: fetcher.reader.offset(),
+                    source,
+                })
+            }
+            Err(ReadError::Payload(p)) => return Err(ApplyError::Payload(p)),
+        }
+        decoder
+            .decode(index, e, &frame, &mut chunk)
+            .map_err(ApplyError::Payload)?;
+        sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
+    }
+    Ok(Applied::Done)
 }
 
 #[cfg(test)]

@@ -93,6 +93,20 @@ pub struct InstallReport {
     pub retries: u32,
     /// Whether the slot was made the next boot.
     pub flipped: bool,
+    /// Whether chunks were taken from the booted slot and fetched by range (a format 2
+    /// payload whose plan was not a full download).
+    pub delta: bool,
+    /// Bytes received from the payload source by this run (prelude included; bytes of a
+    /// retried request count again).
+    pub bytes_fetched: u64,
+    /// Image bytes copied from the booted slot, each chunk checked against its SHA-256.
+    pub bytes_reused: u64,
+    /// Image bytes found already written in the target slot by an interrupted run.
+    pub bytes_in_place: u64,
+    /// Chunks of the booted slot that no longer matched their SHA-256 and were fetched.
+    pub damaged_local_chunks: u32,
+    /// The server ignored range requests: the payload was downloaded whole.
+    pub ranges_ignored: bool,
 }
 
 /// Why an install stopped. Everything up to [`InstallError::TooLargeForSlot`] happens before the
@@ -411,12 +425,18 @@ pub struct InstallPlan {
     target_name: String,
     booted_version: String,
     start: u32,
+    booted: Slot,
+    /// A checkpoint of this payload and slot was found: chunks past it may be written.
+    resuming: bool,
 }
 
 /// Stage 2's result: the target slot holds the image, durable and read back; not flipped.
 pub struct WrittenSlot {
     plan: InstallPlan,
     retries: u32,
+    delta: bool,
+    bytes_fetched: u64,
+    stats: delta::DeltaStats,
 }
 
 fn read_err(source_name: &str, offset: u64) -> impl FnOnce(std::io::Error) -> InstallError {
@@ -522,7 +542,7 @@ fn plan_locked(
     // Resume only the same payload into the same slot, still unbootable since the checkpoint.
     let payload_id = prelude.payload_id().to_string();
     // A damaged checkpoint is kept aside and means starting over.
-    let start = match state
+    let resume = match state
         .read::<InstallProgress>(INSTALL_PROGRESS)?
         .into_option()
     {
@@ -533,9 +553,9 @@ fn plan_locked(
                 && p.next_chunk <= m.chunk_count
                 && !target.attrs.is_bootable() =>
         {
-            p.next_chunk
+            Some(p.next_chunk)
         }
-        _ => 0,
+        _ => None,
     };
     Ok(InstallPlan {
         device: device.clone(),
@@ -548,7 +568,9 @@ fn plan_locked(
         target,
         target_name,
         booted_version: release.version,
-        start,
+        start: resume.unwrap_or(0),
+        booted,
+        resuming: resume.is_some(),
     })
 }
 
@@ -648,14 +670,49 @@ impl InstallPlan {
         let entries = &self.prelude.chunks.entries;
         // A crash after the last checkpoint leaves nothing to stream: resume at the payload end
         // and go on to the read-back (found by the crash-point sweep, tests/crashpoints.rs).
-        let (resume_offset, resume_image_offset) = match entries.get(start as usize) {
-            Some(e) => (e.payload_offset, e.image_offset),
-            None => (self.prelude.chunks.payload_end(), m.image_size),
-        };
+        let resume_image_offset = entries
+            .get(start as usize)
+            .map_or(m.image_size, |e| e.image_offset);
         let source_name = self.source_name.clone();
-        self.reader
-            .seek_to(resume_offset)
-            .map_err(read_err(&source_name, resume_offset))?;
+        // A format 2 payload: index the booted slot and plan which chunks to fetch.
+        let delta_plan = match m.cdc {
+            Some(params) if (start as usize) < entries.len() => {
+                progress.phase("indexing", 0);
+                let index = delta::LocalIndex::build(
+                    delta::SlotReader::new(&file, self.booted.byte_offset()),
+                    self.booted.byte_len(),
+                    params,
+                )
+                .map_err(|source| InstallError::SlotIo {
+                    action: "indexing".into(),
+                    slot: self.booted.label.clone(),
+                    disk: device.disk.clone(),
+                    offset: self.booted.byte_offset(),
+                    source,
+                })?;
+                let p = delta::plan(entries, start as usize, &index);
+                log::info!(
+                    "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse{}",
+                    p.fetch_bytes,
+                    p.ranges.len(),
+                    p.reuse_bytes,
+                    if p.full_download {
+                        "; a full download is cheaper"
+                    } else {
+                        ""
+                    }
+                );
+                Some(p).filter(|p| !p.full_download)
+            }
+            _ => None,
+        };
+        let slots = delta::Slots {
+            booted: (&file, self.booted.byte_offset()),
+            target: (&file, self.target.byte_offset()),
+            resuming: self.resuming,
+        };
+        let mut stats = delta::DeltaStats::default();
+        let booted_label = self.booted.label.clone();
         progress.phase("writing", m.image_size);
         let mut since_checkpoint = 0u64;
         let mut done = resume_image_offset;
@@ -685,12 +742,17 @@ impl InstallPlan {
                 }
                 Ok(())
             });
-            let mut sink =
-                |index: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), InstallError> {
-                    writer.write_chunk(index, e.image_offset, data)?;
+            let mut put = |index: u32,
+                           e: &payload::ChunkEntry,
+                           data: Option<&[u8]>|
+             -> Result<(), InstallError> {
+                    // `None`: already in place from an interrupted run (checked by hash).
+                    if let Some(data) = data {
+                        writer.write_chunk(index, e.image_offset, data)?;
+                    }
                     unsynced.push(index);
-                    since_checkpoint += data.len() as u64;
-                    done += data.len() as u64;
+                    since_checkpoint += u64::from(e.image_len);
+                    done += u64::from(e.image_len);
                     progress.advance(done);
                     if since_checkpoint >= opts.checkpoint_bytes {
                         writer.sync()?;
@@ -702,32 +764,93 @@ impl InstallPlan {
                     }
                     Ok(())
                 };
-            // A block device ends on a sector boundary: read it up to the payload's end only.
-            let streamed = if padded_device {
-                let left = self
-                    .prelude
-                    .chunks
-                    .payload_end()
-                    .saturating_sub(resume_offset);
-                let mut payload_only = std::io::Read::take(&mut *reader, left);
-                pipeline::run(
-                    &mut payload_only,
-                    entries,
-                    start,
-                    m.chunk_size,
-                    opts.threads,
-                    &mut sink,
-                )
-            } else {
-                pipeline::run(
-                    &mut *reader,
-                    entries,
-                    start,
-                    m.chunk_size,
-                    opts.threads,
-                    &mut sink,
-                )
-            };
+            // By delta: chunks from the booted slot and frames by range; then, or instead, the
+            // payload streamed from the frame of chunk `from` on.
+            let full_from: Result<Option<u32>, pipeline::PipelineError<InstallError>> =
+                match &delta_plan {
+                    None => Ok(Some(start)),
+                    Some(dp) => {
+                        match delta::apply(entries, start, dp, &slots, reader, &mut stats, &mut put)
+                        {
+                            Ok(delta::Applied::Done) => Ok(None),
+                            Ok(delta::Applied::RangesIgnored(from)) => {
+                                stats.ranges_ignored = true;
+                                log::warn!(
+                                    "{source_name} ignores range requests: downloading the payload whole"
+                                );
+                                Ok(Some(from))
+                            }
+                            Err(delta::ApplyError::Payload(p)) => {
+                                Err(pipeline::PipelineError::Payload(p))
+                            }
+                            Err(delta::ApplyError::Read { offset, source }) => {
+                                Err(pipeline::PipelineError::Read { offset, source })
+                            }
+                            Err(delta::ApplyError::Local { offset, source }) => {
+                                Err(pipeline::PipelineError::Sink(InstallError::SlotIo {
+                                    action: "reading a local chunk from".into(),
+                                    slot: booted_label.clone(),
+                                    disk: device.disk.clone(),
+                                    offset,
+                                    source,
+                                }))
+                            }
+                            Err(delta::ApplyError::Sink(e)) => Err(pipeline::PipelineError::Sink(e)),
+                        }
+                    }
+                };
+            let streamed = full_from.and_then(|from| {
+                let Some(from) = from else { return Ok(()) };
+                let from_offset = entries
+                    .get(from as usize)
+                    .map_or(self.prelude.chunks.payload_end(), |e| e.payload_offset);
+                let read = |offset| {
+                    move |source| pipeline::PipelineError::<InstallError>::Read { offset, source }
+                };
+                if delta_plan.is_none() {
+                    reader.seek_to(from_offset).map_err(read(from_offset))?;
+                } else {
+                    // After a range the server ignored: the whole payload, skipped up to `from`.
+                    reader.seek_to(0).map_err(read(0))?;
+                    let skipped = std::io::copy(
+                        &mut std::io::Read::take(&mut *reader, from_offset),
+                        &mut std::io::sink(),
+                    )
+                    .map_err(read(0))?;
+                    if skipped != from_offset {
+                        return Err(read(skipped)(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                let mut sink = |index: u32, e: &payload::ChunkEntry, data: &[u8]| {
+                    put(index, e, Some(data))
+                };
+                // A block device ends on a sector boundary: read it up to the payload's end only.
+                if padded_device {
+                    let left = self
+                        .prelude
+                        .chunks
+                        .payload_end()
+                        .saturating_sub(from_offset);
+                    let mut payload_only = std::io::Read::take(&mut *reader, left);
+                    pipeline::run(
+                        &mut payload_only,
+                        entries,
+                        from,
+                        m.chunk_size,
+                        opts.threads,
+                        &mut sink,
+                    )
+                } else {
+                    pipeline::run(
+                        &mut *reader,
+                        entries,
+                        from,
+                        m.chunk_size,
+                        opts.threads,
+                        &mut sink,
+                    )
+                }
+            });
             let streamed = streamed.and_then(|()| {
                 // The tail: durable, then to the verifier like the rest.
                 writer.sync().map_err(pipeline::PipelineError::Sink)?;
@@ -762,9 +885,13 @@ impl InstallPlan {
         progress.advance(m.image_size);
         writer.sync()?;
         let retries = self.reader.retries;
+        let bytes_fetched = self.reader.received();
         Ok(WrittenSlot {
+            delta: delta_plan.is_some(),
             plan: self,
             retries,
+            bytes_fetched,
+            stats,
         })
     }
 }
@@ -817,6 +944,12 @@ impl WrittenSlot {
             chunk_count: m.chunk_count,
             retries: self.retries,
             flipped: p.opts.flip,
+            delta: self.delta,
+            bytes_fetched: self.bytes_fetched,
+            bytes_reused: self.stats.reused_bytes,
+            bytes_in_place: self.stats.in_place_bytes,
+            damaged_local_chunks: self.stats.damaged_local_chunks,
+            ranges_ignored: self.stats.ranges_ignored,
         })
     }
 }
