@@ -277,9 +277,15 @@ impl Source for FileSource {
         self.path.display().to_string()
     }
     fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+        self.open_range(offset, None)
+    }
+    fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(offset))?;
-        Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+        // A short range (a delta's frames) needs no 1 MiB buffer, nor reading past its end.
+        let len = end.map_or(u64::MAX, |e| e.saturating_sub(offset));
+        let capacity = len.clamp(4096, 1 << 20) as usize;
+        Ok(Box::new(io::BufReader::with_capacity(capacity, f.take(len))))
     }
     fn total_len(&self) -> Option<u64> {
         Some(self.len)

@@ -96,6 +96,12 @@ fn nginx_with(payload: &[u8]) -> (Nginx, tempfile::TempDir) {
     (Nginx::serve(dir.path()), dir)
 }
 
+/// `updater --json install SOURCE`: its result line.
+fn json_install(dev: &Device, source: &str) -> serde_json::Value {
+    let stdout = util::ok(dev.updater(&["--json", "install", source]));
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 fn assert_installed(dev: &Device, image: &[u8]) {
     assert!(dev.slot_bytes(&SlotId::B)[..image.len()] == image[..]);
     assert_eq!(dev.slot(&SlotId::B).attrs.tries, 1);
@@ -108,10 +114,7 @@ fn a_delta_install_over_http_fetches_a_small_share_of_the_payload_and_reuses_the
     let a_before = dev.slot_bytes(&SlotId::A);
     let payload = v2_payload(&new, "2.0");
     let (nginx, _dir) = nginx_with(&payload);
-    let out = dev.updater(&["--json", "install", &nginx.url("p")]);
-    let stdout = util::ok(out);
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = json_install(&dev, &nginx.url("p"));
     let fetched = report["bytes_fetched"].as_u64().unwrap();
     let reused = report["bytes_reused"].as_u64().unwrap();
     eprintln!(
@@ -246,4 +249,16 @@ fn a_payload_replaced_mid_delta_is_detected_and_the_new_one_installs_from_the_st
     assert_eq!((report.version.as_str(), report.resumed_from_chunk), ("3.0", 0));
     assert!(report.delta, "{report:?}");
     assert_installed(&dev, &newer);
+}
+
+#[test]
+fn a_delta_install_from_a_file_reads_only_the_frames_it_lacks() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let payload = v2_payload(&new, "2.0");
+    let p = dev.payload("p", &payload);
+    let report = json_install(&dev, p.to_str().unwrap());
+    assert_eq!(report["delta"], true, "{report}");
+    assert!(report["bytes_fetched"].as_u64().unwrap() * 5 < payload.len() as u64, "{report}");
+    assert_installed(&dev, &new);
 }

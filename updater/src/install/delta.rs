@@ -434,4 +434,74 @@ mod tests {
         assert_eq!(p.ranges[0].start, 1000 + 3 * 500);
         assert_eq!(p.reuse_bytes, 0);
     }
+
+    /// A signed format 2 payload of `image` cut with `P`, and its chunk table.
+    fn payload_of(image: &[u8]) -> (Vec<u8>, Vec<ChunkEntry>) {
+        use crate::payload::writer::{PackOptions, PayloadParts};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let opts = PackOptions {
+            compatible: "testbox".into(),
+            version: "2.0".into(),
+            created: 0,
+            expires: None,
+            chunk_size: 4096,
+            level: 3,
+            threads: 1,
+        };
+        let bytes = PayloadParts::from_image_v2(image, &opts, P)
+            .unwrap()
+            .assemble(&[key.clone()]);
+        let keys = crate::payload::TrustedKeys::new([key.verifying_key()]);
+        let entries = crate::payload::read_prelude(&mut &bytes[..], &keys)
+            .unwrap()
+            .chunks
+            .entries;
+        (bytes, entries)
+    }
+
+    #[test]
+    fn a_local_chunk_damaged_after_indexing_is_fetched_and_the_sink_gets_the_signed_bytes() {
+        use std::io::Write;
+        let image = noise(60_000, 7);
+        let (payload, entries) = payload_of(&image);
+        let mut payload_file = tempfile::NamedTempFile::new().unwrap();
+        payload_file.write_all(&payload).unwrap();
+        let base = 4096;
+        let slot = tempfile::NamedTempFile::new().unwrap();
+        slot.as_file().write_all_at(&image, base).unwrap();
+        let local = LocalIndex::build(SlotReader::new(slot.as_file(), base), 60_000, P).unwrap();
+        let p = plan(&entries, 0, &local);
+        assert!(p.ranges.is_empty() && p.sources.iter().all(Option::is_some));
+        // The slot changes after it was indexed.
+        slot.as_file().write_all_at(&[!image[30_000]], base + 30_000).unwrap();
+        let damaged = entries
+            .iter()
+            .find(|e| e.image_offset <= 30_000 && 30_000 < e.image_offset + u64::from(e.image_len))
+            .unwrap();
+
+        let source = crate::source::FileSource::open(payload_file.path()).unwrap();
+        let mut reader =
+            ResumingReader::new(Box::new(source), 0, crate::source::RetryPolicy::default())
+                .unwrap();
+        let slots = Slots {
+            booted: (slot.as_file(), base),
+            target: (slot.as_file(), base),
+            resuming: false,
+        };
+        let mut stats = DeltaStats::default();
+        let mut out = vec![0u8; image.len()];
+        let mut sink = |_: u32, e: &ChunkEntry, data: Option<&[u8]>| -> Result<(), ()> {
+            let at = e.image_offset as usize;
+            out[at..at + data.unwrap().len()].copy_from_slice(data.unwrap());
+            Ok(())
+        };
+        let applied = apply(&entries, 0, &p, &slots, &mut reader, &mut stats, &mut sink).unwrap();
+        assert_eq!(applied, Applied::Done);
+        assert_eq!(stats.damaged_local_chunks, 1);
+        assert_eq!(
+            stats.reused_bytes,
+            image.len() as u64 - u64::from(damaged.image_len)
+        );
+        assert!(out == image);
+    }
 }
