@@ -285,7 +285,10 @@ impl Source for FileSource {
         // A short range (a delta's frames) needs no 1 MiB buffer, nor reading past its end.
         let len = end.map_or(u64::MAX, |e| e.saturating_sub(offset));
         let capacity = len.clamp(4096, 1 << 20) as usize;
-        Ok(Box::new(io::BufReader::with_capacity(capacity, f.take(len))))
+        Ok(Box::new(io::BufReader::with_capacity(
+            capacity,
+            f.take(len),
+        )))
     }
     fn total_len(&self) -> Option<u64> {
         Some(self.len)

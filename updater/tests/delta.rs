@@ -186,7 +186,10 @@ fn a_v1_payload_installs_over_http_by_streaming_it_whole() {
     let (nginx, _dir) = nginx_with(&payload);
     let report = run_install(&dev, &nginx.url("p"), 3).unwrap();
     assert!(!report.delta, "{report:?}");
-    assert_eq!((report.bytes_fetched, report.bytes_reused), (payload.len() as u64, 0));
+    assert_eq!(
+        (report.bytes_fetched, report.bytes_reused),
+        (payload.len() as u64, 0)
+    );
     assert_installed(&dev, &new);
 }
 
@@ -222,13 +225,19 @@ fn a_delta_install_cut_off_mid_range_resumes_without_fetching_any_chunk_already_
     let report = run_install(&dev, &server.url(), 1).unwrap();
     // Chunks written after the last checkpoint are found in place rather than fetched again.
     let resumed = report.resumed_from_chunk as usize;
-    assert!(resumed > 0 && table[resumed..].iter().any(written), "{report:?}");
+    assert!(
+        resumed > 0 && table[resumed..].iter().any(written),
+        "{report:?}"
+    );
     assert!(report.bytes_in_place > 0, "{report:?}");
     let starts = server.starts()[first_run..].to_vec();
     assert_eq!(starts[0], 0, "the rerun reads the prelude first");
     for s in &starts[1..] {
         let c = table.iter().find(|c| c.payload_offset == *s).unwrap();
-        assert!(!written(c), "re-fetched the frame at {s}, already written: {starts:?}");
+        assert!(
+            !written(c),
+            "re-fetched the frame at {s}, already written: {starts:?}"
+        );
     }
     assert_installed(&dev, &new);
 }
@@ -246,7 +255,10 @@ fn a_payload_replaced_mid_delta_is_detected_and_the_new_one_installs_from_the_st
     let faults = vec![Fault::Serve, Fault::Swap { at: cut as usize }];
     let server = FaultServer::start(payload, other, faults);
     let report = run_install(&dev, &server.url(), 3).unwrap();
-    assert_eq!((report.version.as_str(), report.resumed_from_chunk), ("3.0", 0));
+    assert_eq!(
+        (report.version.as_str(), report.resumed_from_chunk),
+        ("3.0", 0)
+    );
     assert!(report.delta, "{report:?}");
     assert_installed(&dev, &newer);
 }
@@ -259,6 +271,9 @@ fn a_delta_install_from_a_file_reads_only_the_frames_it_lacks() {
     let p = dev.payload("p", &payload);
     let report = json_install(&dev, p.to_str().unwrap());
     assert_eq!(report["delta"], true, "{report}");
-    assert!(report["bytes_fetched"].as_u64().unwrap() * 5 < payload.len() as u64, "{report}");
+    assert!(
+        report["bytes_fetched"].as_u64().unwrap() * 5 < payload.len() as u64,
+        "{report}"
+    );
     assert_installed(&dev, &new);
 }

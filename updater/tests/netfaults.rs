@@ -169,7 +169,13 @@ fn answer(
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("range: bytes=") {
             // `bytes=N-` or `bytes=N-M` (the rest of the file is sent either way).
-            request.start = v.split('-').next().unwrap_or("").trim().parse().unwrap_or(0);
+            request.start = v
+                .split('-')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .parse()
+                .unwrap_or(0);
         }
         if lower.starts_with("if-range:") {
             request.if_range = Some(line["if-range:".len()..].trim().to_owned());

@@ -76,6 +76,22 @@ impl InstallCmd {
                     "; not flipped (--no-flip)"
                 }
             );
+            if report.delta {
+                println!(
+                    "by delta: fetched {} bytes, reused {} bytes of the booted slot{}{}",
+                    report.bytes_fetched,
+                    report.bytes_reused,
+                    match report.bytes_in_place {
+                        0 => String::new(),
+                        n => format!(", {n} bytes already in place"),
+                    },
+                    if report.ranges_ignored {
+                        " (the server ignored Range: downloaded whole)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         Ok(())
     }

@@ -280,6 +280,10 @@ fn read_checked(
     Ok(Sha256Digest::of(buf) == e.sha256)
 }
 
+/// Receives each chunk of a delta install in order: its index, table entry, and verified
+/// bytes to write, or `None` when the target slot already holds them.
+pub type DeltaSink<'a, E> = dyn FnMut(u32, &ChunkEntry, Option<&[u8]>) -> Result<(), E> + 'a;
+
 /// Carries `plan` out for chunks `start..` of `entries` (see the module doc): `sink(index,
 /// entry, Some(bytes))` for each verified chunk to write, `sink(index, entry, None)` for a
 /// chunk already in place in the target slot.
@@ -290,13 +294,11 @@ pub fn apply<E>(
     slots: &Slots<'_>,
     reader: &mut ResumingReader,
     stats: &mut DeltaStats,
-    sink: &mut dyn FnMut(u32, &ChunkEntry, Option<&[u8]>) -> Result<(), E>,
+    sink: &mut DeltaSink<'_, E>,
 ) -> Result<Applied, ApplyError<E>> {
     let mut fetcher = Fetcher::new(reader, &plan.ranges);
-    let mut decoder = ChunkDecoder::new().map_err(|source| ApplyError::Read {
-        offset: 0,
-        source,
-    })?;
+    let mut decoder =
+        ChunkDecoder::new().map_err(|source| ApplyError::Read { offset: 0, source })?;
     let (mut frame, mut chunk) = (Vec::new(), Vec::new());
     for (i, e) in entries.iter().enumerate().skip(start as usize) {
         let index = i as u32;
@@ -450,7 +452,7 @@ mod tests {
         };
         let bytes = PayloadParts::from_image_v2(image, &opts, P)
             .unwrap()
-            .assemble(&[key.clone()]);
+            .assemble(std::slice::from_ref(&key));
         let keys = crate::payload::TrustedKeys::new([key.verifying_key()]);
         let entries = crate::payload::read_prelude(&mut &bytes[..], &keys)
             .unwrap()
@@ -473,7 +475,9 @@ mod tests {
         let p = plan(&entries, 0, &local);
         assert!(p.ranges.is_empty() && p.sources.iter().all(Option::is_some));
         // The slot changes after it was indexed.
-        slot.as_file().write_all_at(&[!image[30_000]], base + 30_000).unwrap();
+        slot.as_file()
+            .write_all_at(&[!image[30_000]], base + 30_000)
+            .unwrap();
         let damaged = entries
             .iter()
             .find(|e| e.image_offset <= 30_000 && 30_000 < e.image_offset + u64::from(e.image_len))

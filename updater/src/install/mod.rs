@@ -746,24 +746,24 @@ impl InstallPlan {
                            e: &payload::ChunkEntry,
                            data: Option<&[u8]>|
              -> Result<(), InstallError> {
-                    // `None`: already in place from an interrupted run (checked by hash).
-                    if let Some(data) = data {
-                        writer.write_chunk(index, e.image_offset, data)?;
+                // `None`: already in place from an interrupted run (checked by hash).
+                if let Some(data) = data {
+                    writer.write_chunk(index, e.image_offset, data)?;
+                }
+                unsynced.push(index);
+                since_checkpoint += u64::from(e.image_len);
+                done += u64::from(e.image_len);
+                progress.advance(done);
+                if since_checkpoint >= opts.checkpoint_bytes {
+                    writer.sync()?;
+                    state.store(INSTALL_PROGRESS, &checkpoint(index + 1))?;
+                    since_checkpoint = 0;
+                    for i in unsynced.drain(..) {
+                        let _ = written_tx.send(i);
                     }
-                    unsynced.push(index);
-                    since_checkpoint += u64::from(e.image_len);
-                    done += u64::from(e.image_len);
-                    progress.advance(done);
-                    if since_checkpoint >= opts.checkpoint_bytes {
-                        writer.sync()?;
-                        state.store(INSTALL_PROGRESS, &checkpoint(index + 1))?;
-                        since_checkpoint = 0;
-                        for i in unsynced.drain(..) {
-                            let _ = written_tx.send(i);
-                        }
-                    }
-                    Ok(())
-                };
+                }
+                Ok(())
+            };
             // By delta: chunks from the booted slot and frames by range; then, or instead, the
             // payload streamed from the frame of chunk `from` on.
             let full_from: Result<Option<u32>, pipeline::PipelineError<InstallError>> =
@@ -795,7 +795,9 @@ impl InstallPlan {
                                     source,
                                 }))
                             }
-                            Err(delta::ApplyError::Sink(e)) => Err(pipeline::PipelineError::Sink(e)),
+                            Err(delta::ApplyError::Sink(e)) => {
+                                Err(pipeline::PipelineError::Sink(e))
+                            }
                         }
                     }
                 };
@@ -821,9 +823,8 @@ impl InstallPlan {
                         return Err(read(skipped)(std::io::ErrorKind::UnexpectedEof.into()));
                     }
                 }
-                let mut sink = |index: u32, e: &payload::ChunkEntry, data: &[u8]| {
-                    put(index, e, Some(data))
-                };
+                let mut sink =
+                    |index: u32, e: &payload::ChunkEntry, data: &[u8]| put(index, e, Some(data));
                 // A block device ends on a sector boundary: read it up to the payload's end only.
                 if padded_device {
                     let left = self
