@@ -164,7 +164,7 @@ fn check_never_came_up_is_recorded(dev: &Device, what: &str, version: &str) -> b
 
 /// Sweeps every crash point of `args` run on a device prepared by `prepare`; `finish` checks
 /// the result of the rerun; `after_crash` checks more invariants on the crashed device.
-fn sweep(
+pub(crate) fn sweep(
     name: &str,
     booted: &str,
     image: &[u8],

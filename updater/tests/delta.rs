@@ -277,3 +277,41 @@ fn a_delta_install_from_a_file_reads_only_the_frames_it_lacks() {
     );
     assert_installed(&dev, &new);
 }
+
+#[test]
+fn a_delta_install_survives_a_crash_at_every_write_and_flush() {
+    // 160 KB with 8 KB inserted in the middle: chunks copied, fetched and checkpointed.
+    let old = util::image_bytes(160_000, 7);
+    let mut new = old.clone();
+    new.splice(80_000..80_000, util::image_bytes(8_000, 11));
+    let payload = v2_payload(&new, "2.0");
+    let n = crate::crashpoints::sweep(
+        "delta install",
+        "A",
+        &new,
+        |dev| {
+            vec![
+                "install".into(),
+                "--checkpoint-bytes".into(),
+                "16384".into(),
+                dev.path("p").to_str().unwrap().to_string(),
+            ]
+        },
+        |dev| {
+            util::write_at(&dev.disk(), dev.slot(&SlotId::A).byte_offset(), &old);
+            dev.payload("p", &payload);
+        },
+        |dev| assert_installed(dev, &new),
+        |_, _| {},
+    );
+    assert!(n > 20, "{n} crash points");
+    // The install swept is a delta one.
+    let dev = booted_with(&old);
+    let p = dev.payload("p", &payload);
+    let report = json_install(&dev, p.to_str().unwrap());
+    assert_eq!(report["delta"], true, "{report}");
+    assert!(
+        report["bytes_reused"].as_u64().unwrap() > 100_000,
+        "{report}"
+    );
+}
