@@ -96,10 +96,39 @@ fn nginx_with(payload: &[u8]) -> (Nginx, tempfile::TempDir) {
     (Nginx::serve(dir.path()), dir)
 }
 
-/// `updater --json install SOURCE`: its result line.
+/// `updater --json install SOURCE`: its result line, after checking the phases.
 fn json_install(dev: &Device, source: &str) -> serde_json::Value {
     let stdout = util::ok(dev.updater(&["--json", "install", source]));
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] != "progress")
+        .map(|l| format!("{} {}", l["event"], l["phase"]))
+        .collect();
+    let result = lines.last().unwrap().clone();
+    if result["delta"] == true {
+        let delta = lines.iter().find(|l| l["event"] == "delta").unwrap();
+        assert_eq!(
+            delta["reuse_bytes"], result["bytes_reused"],
+            "the plan's reuse is what was copied"
+        );
+        assert_eq!(
+            events,
+            [
+                r#""phase" "verified""#,
+                r#""phase" "indexing""#,
+                r#""delta" null"#,
+                r#""phase" "writing""#,
+                r#""phase" "reading back""#,
+                r#""phase" "flipped""#,
+                r#""result" null"#
+            ]
+        );
+    }
+    result
 }
 
 fn assert_installed(dev: &Device, image: &[u8]) {
@@ -313,5 +342,18 @@ fn a_delta_install_survives_a_crash_at_every_write_and_flush() {
     assert!(
         report["bytes_reused"].as_u64().unwrap() > 100_000,
         "{report}"
+    );
+}
+
+#[test]
+fn without_json_a_delta_install_prints_what_it_fetched_and_reused() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let p = dev.payload("p", &v2_payload(&new, "2.0"));
+    let out = util::ok(dev.updater(&["install", p.to_str().unwrap()]));
+    let second = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.starts_with("by delta: fetched ") && second.ends_with(" bytes of the booted slot"),
+        "{out}"
     );
 }

@@ -21,6 +21,11 @@ pub struct JsonProgress {
 }
 
 impl Progress for JsonProgress {
+    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64) {
+        emit_json(&serde_json::json!({
+            "event": "delta", "fetch_bytes": fetch_bytes, "reuse_bytes": reuse_bytes
+        }));
+    }
     fn phase(&mut self, phase: &'static str, total: u64) {
         self.phase = phase;
         self.total = total;
@@ -44,6 +49,12 @@ pub struct BarProgress {
 }
 
 impl Progress for BarProgress {
+    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+        eprintln!("by delta: {fetch_bytes} bytes to fetch, {reuse_bytes} bytes to copy from the booted slot");
+    }
     fn phase(&mut self, phase: &'static str, total: u64) {
         if let Some(b) = self.bar.take() {
             b.finish();

@@ -250,6 +250,9 @@ pub trait Progress {
     fn phase(&mut self, phase: &'static str, total: u64);
     /// Bytes done within the current phase.
     fn advance(&mut self, done: u64);
+    /// A delta plan was made: payload bytes to fetch, image bytes to copy from the booted
+    /// slot (reported once, before `writing`).
+    fn delta(&mut self, _fetch_bytes: u64, _reuse_bytes: u64) {}
 }
 
 /// Progress that goes nowhere.
@@ -702,6 +705,9 @@ impl InstallPlan {
                         ""
                     }
                 );
+                if !p.full_download {
+                    progress.delta(p.fetch_bytes, p.reuse_bytes);
+                }
                 Some(p).filter(|p| !p.full_download)
             }
             _ => None,
