@@ -19,7 +19,8 @@
 # Optional: BENCH_SRC, BENCH_LEVEL (default 12), BENCH_RUNS, BENCH_DEVICES, BENCH_DIR,
 # BENCH_KEEP=1, IMAGE_TOOLS (a built binary; default: build the release one), COREOS_INSTALLER (path; default: coreos-installer on PATH, else
 # ~/.cargo/bin/coreos-installer; install it with `cargo install coreos-installer`, which needs
-# libzstd-dev, libssl-dev and pkg-config).
+# libzstd-dev, libssl-dev and pkg-config; it also needs a running udevd, e.g. Debian's `udev` package
+# and `/lib/systemd/systemd-udevd --daemon` on a machine without systemd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +75,9 @@ echo "usr image $IMG_BYTES bytes; disk $DISK_BYTES bytes; payload $(stat -c %s "
 
 for i in $(seq "$NDEV"); do
   fallocate -l "$DEV_BYTES" "$WORK/dev$i.img"
-  LOOPS+=("$(losetup --find --show --sector-size 512 "$WORK/dev$i.img")")
+  # --partscan: coreos-installer rereads the partition table (BLKRRPART), which a loop device
+  # without it refuses.
+  LOOPS+=("$(losetup --find --show --partscan --sector-size 512 "$WORK/dev$i.img")")
 done
 
 now() { date +%s.%N; }
@@ -100,7 +103,9 @@ run_dd() {
     (zstd -dc "$WORK/disk.img.zst" | dd of="$d" bs=4M iflag=fullblock conv=fsync status=none) &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  local failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  return "$failed"
 }
 run_coreos() {
   local d pids=()
@@ -108,7 +113,9 @@ run_coreos() {
     "$COREOS" install "$d" --image-file "$WORK/disk.img.zst" --insecure &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  local failed=0
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  return "$failed"
 }
 best() { # best (lowest) seconds of RUNS runs of "$@"
   local b="" s r
