@@ -337,21 +337,7 @@ pub fn pack(
     }
     let mut manifest = manifest;
     manifest.image_sha256 = Sha256Digest(hasher.finalize().into());
-    let (manifest, prelude) = build_prelude(manifest, &mut entries, keys);
-    assert_eq!(prelude.len(), prelude_len, "prelude layout");
-    let payload_size = entries
-        .last()
-        .map_or(0, |e| e.payload_offset + u64::from(e.frame_len));
-    out.seek(SeekFrom::Start(0))
-        .map_err(io_err("seeking payload to its start"))?;
-    out.write_all(&prelude).map_err(io_err(
-        "writing payload header, manifest, signatures and chunk table",
-    ))?;
-    out.flush().map_err(io_err("flushing payload"))?;
-    Ok(PackSummary {
-        manifest,
-        payload_size,
-    })
+    write_prelude(out, manifest, &mut entries, keys, prelude_len as u64)
 }
 
 /// Compresses a batch of chunks on all threads (chunk i on thread i % threads), returning the
@@ -481,7 +467,19 @@ pub fn pack_v2(
         });
     }
     manifest.image_sha256 = Sha256Digest(hasher.finalize().into());
-    let (manifest, prelude) = build_prelude(manifest, &mut entries, keys);
+    write_prelude(out, manifest, &mut entries, keys, prelude_len)
+}
+
+/// Signs the finished manifest and chunk table and writes them at the payload's start, over the
+/// `prelude_len` bytes `pack`/`pack_v2` left for them before the frames.
+fn write_prelude(
+    out: &mut (impl Write + Seek),
+    manifest: Manifest,
+    entries: &mut [ChunkEntry],
+    keys: &[SigningKey],
+    prelude_len: u64,
+) -> Result<PackSummary, PackError> {
+    let (manifest, prelude) = build_prelude(manifest, entries, keys);
     assert_eq!(prelude.len() as u64, prelude_len, "prelude layout");
     let payload_size = entries
         .last()
