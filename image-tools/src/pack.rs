@@ -53,6 +53,10 @@ pub struct PackCmd {
     /// Format 2: largest chunk in bytes (at most 4194304).
     #[arg(long, value_name = "N", default_value_t = payload::cdc::CdcParams::DEFAULT.max)]
     pub cdc_max: u32,
+    /// Format 2: image bytes before each chunk that its frame references as a zstd prefix, at
+    /// most 4194304; 0 makes every frame decode alone (larger payload).
+    #[arg(long, value_name = "N", default_value_t = writer::DEFAULT_PREFIX_LEN)]
+    pub prefix_len: u32,
     /// IMAGE_ID, for images whose os-release cannot be read; must match the image otherwise.
     #[arg(long, value_name = "ID")]
     pub image_id: Option<String>,
@@ -267,7 +271,15 @@ impl PackCmd {
         let summary = if self.format == 1 {
             writer::pack(&mut image, size, &mut out, &keys, &opts)
         } else {
-            writer::pack_v2(&mut image, size, &mut out, &keys, &opts, cdc)
+            writer::pack_v2_prefixed(
+                &mut image,
+                size,
+                &mut out,
+                &keys,
+                &opts,
+                cdc,
+                self.prefix_len,
+            )
         };
         let summary = summary.with_context(|| {
             format!(

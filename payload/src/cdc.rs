@@ -38,9 +38,9 @@ impl CdcParams {
     /// The parameters `image-tools pack` uses unless told otherwise (see the measurements in
     /// `docs/payload-format.md`).
     pub const DEFAULT: CdcParams = CdcParams {
-        min: 16 << 10,
-        avg: 64 << 10,
-        max: 256 << 10,
+        min: 4 << 10,
+        avg: 16 << 10,
+        max: 64 << 10,
     };
 
     /// Whether the parameters are legal: `MIN_CDC_MIN <= min < avg < max <= MAX_CDC_MAX`, `avg`
@@ -215,7 +215,7 @@ mod tests {
             .all(|&l| l >= p.min as usize && l <= p.max as usize));
         assert!(*last <= p.max as usize);
         let mean = data.len() / lens.len();
-        assert!((40 << 10..=100 << 10).contains(&mean), "mean {mean}");
+        assert!((10 << 10..=25 << 10).contains(&mean), "mean {mean}");
     }
 
     #[test]
@@ -242,13 +242,13 @@ mod tests {
     fn a_uniform_run_is_cut_at_max() {
         let p = CdcParams::DEFAULT;
         let lens = lengths(&vec![0u8; 1 << 20], p);
-        assert_eq!(lens, vec![p.max as usize; 4]);
+        assert_eq!(lens, vec![p.max as usize; 16]);
     }
 
     #[test]
     fn check_names_the_broken_rule() {
         let mut p = CdcParams::DEFAULT;
-        p.avg = 60 << 10;
+        p.avg = 15 << 10;
         assert_eq!(p.check(), Err("cdc_avg not a power of two"));
         p = CdcParams::DEFAULT;
         p.max = 8 << 20;

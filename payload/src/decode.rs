@@ -87,16 +87,78 @@ pub fn inspect_frame_header(frame: &[u8]) -> Result<FrameInfo, String> {
 }
 
 /// Decompresses and verifies chunks, one at a time, reusing one zstd context.
+///
+/// For a version 2 payload with a prefix (`Manifest::prefix_len` > 0) the decoder also keeps
+/// the last `prefix_len` bytes of the image before the next chunk: every frame is decoded with
+/// them as its zstd raw-content prefix, so chunks must pass through it in image order, decoded
+/// ([`Self::decode`]) or not ([`Self::feed`]: a chunk taken from a local slot, or written by an
+/// earlier run). Memory: at most twice the prefix.
 pub struct ChunkDecoder {
     dctx: zstd::bulk::Decompressor<'static>,
+    prefix: Option<PrefixWindow>,
+}
+
+/// The last `len` bytes of the image seen so far, contiguous (zstd takes the prefix as one
+/// slice): appended to, and cut back to `len` once it holds twice that.
+struct PrefixWindow {
+    len: usize,
+    buf: Vec<u8>,
+}
+
+impl PrefixWindow {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.buf.len().saturating_sub(self.len)..]
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        if chunk.len() >= self.len {
+            self.buf.clear();
+            self.buf.extend_from_slice(&chunk[chunk.len() - self.len..]);
+            return;
+        }
+        if self.buf.len() + chunk.len() > 2 * self.len {
+            let keep = self.len - chunk.len();
+            self.buf.drain(..self.buf.len() - keep);
+        }
+        self.buf.extend_from_slice(chunk);
+    }
 }
 
 impl ChunkDecoder {
-    /// A decoder whose window is capped at 2^[`MAX_WINDOW_LOG`] bytes.
+    /// A decoder of independent frames (version 1, or version 2 without a prefix) whose window
+    /// is capped at 2^[`MAX_WINDOW_LOG`] bytes.
     pub fn new() -> std::io::Result<ChunkDecoder> {
         let mut dctx = zstd::bulk::Decompressor::new()?;
         dctx.window_log_max(MAX_WINDOW_LOG)?;
-        Ok(ChunkDecoder { dctx })
+        Ok(ChunkDecoder { dctx, prefix: None })
+    }
+
+    /// A decoder for the frames of a payload with this manifest: with a prefix window when the
+    /// manifest declares one.
+    pub fn for_manifest(manifest: &super::Manifest) -> std::io::Result<ChunkDecoder> {
+        let mut d = ChunkDecoder::new()?;
+        if manifest.prefix_len > 0 {
+            d.prefix = Some(PrefixWindow {
+                len: manifest.prefix_len.min(super::MAX_PREFIX_LEN) as usize,
+                buf: Vec::new(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Whether frames must be decoded in image order by this one decoder (they reference the
+    /// bytes before them).
+    pub fn is_sequential(&self) -> bool {
+        self.prefix.is_some()
+    }
+
+    /// Passes the verified bytes of a chunk that was not decoded here (or the image bytes
+    /// before the first chunk decoded after a resume) into the prefix window; a no-op for
+    /// independent frames.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if let Some(p) = &mut self.prefix {
+            p.push(bytes);
+        }
     }
 
     /// Decodes the frame of chunk `index` into `out` and checks its length and SHA-256 against
@@ -151,10 +213,15 @@ impl ChunkDecoder {
         }
         out.clear();
         out.reserve_exact(entry.image_len as usize);
-        let n = self
-            .dctx
-            .decompress_to_buffer(frame, out)
-            .map_err(|e| bad_frame(e.to_string()))?;
+        let n = match &self.prefix {
+            Some(p) if !p.buf.is_empty() => {
+                decompress_with_prefix(frame, p.bytes(), out).map_err(bad_frame)?
+            }
+            _ => self
+                .dctx
+                .decompress_to_buffer(frame, out)
+                .map_err(|e| bad_frame(e.to_string()))?,
+        };
         if n as u64 != expected {
             return Err(PayloadError::ChunkLengthMismatch {
                 index,
@@ -172,8 +239,26 @@ impl ChunkDecoder {
                 found,
             });
         }
+        self.feed(out);
         Ok(())
     }
+}
+
+/// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
+/// into `out`'s spare capacity. A context per frame: zstd keeps a reference to the prefix, which
+/// changes with every chunk (creating one costs microseconds, decoding a chunk more).
+fn decompress_with_prefix(
+    frame: &[u8],
+    prefix: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
+    let name = |code| get_error_name(code).to_string();
+    let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(name)?;
+    dctx.ref_prefix(prefix).map_err(name)?;
+    dctx.decompress(out, frame).map_err(name)
 }
 
 #[cfg(test)]

@@ -94,6 +94,9 @@ pub const MAX_CHUNK_COUNT: u32 = 65536;
 pub const CHUNK_ENTRY_LEN: usize = 56;
 /// Largest zstd window a frame may ask for, as a power of two (8 MiB, the largest chunk).
 pub const MAX_WINDOW_LOG: u32 = 23;
+/// Largest prefix a version 2 manifest may declare (`prefix_len`): the image bytes before a
+/// chunk its frame may reference. With the largest chunk it still fits the largest window.
+pub const MAX_PREFIX_LEN: u32 = 4 << 20;
 
 /// A SHA-256 digest, shown as lower-case hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -504,6 +507,9 @@ pub struct Manifest {
     pub chunk_size: u32,
     /// Version 2 only: the content-defined chunking parameters the image was cut with.
     pub cdc: Option<cdc::CdcParams>,
+    /// Version 2 only (0 in version 1): how many image bytes before each chunk its frame
+    /// references as a zstd raw-content prefix. 0: every frame decodes alone.
+    pub prefix_len: u32,
     /// Number of chunks (and chunk table entries).
     pub chunk_count: u32,
     /// SHA-256 of the chunk table bytes.
@@ -602,6 +608,7 @@ impl Manifest {
             image_sha256: digest_at(b, 32),
             chunk_size,
             cdc: None,
+            prefix_len: 0,
             chunk_count,
             chunk_table_sha256: digest_at(b, 72),
             compatible,
@@ -625,7 +632,7 @@ impl Manifest {
                 min: MANIFEST_V2_FIXED_LEN as u64 + 2,
             });
         }
-        for (field, at) in [("flags", 4), ("reserved", 80), ("reserved", 84)] {
+        for (field, at) in [("flags", 4), ("reserved", 84)] {
             let v = u32_at(b, at);
             if v != 0 {
                 return Err(PayloadError::BadField {
@@ -649,6 +656,14 @@ impl Manifest {
                 avg: params.avg,
                 max: params.max,
                 rule,
+            });
+        }
+        let prefix_len = u32_at(b, 80);
+        if prefix_len > MAX_PREFIX_LEN {
+            return Err(PayloadError::TooLarge {
+                what: "prefix_len",
+                found: prefix_len.into(),
+                max: MAX_PREFIX_LEN.into(),
             });
         }
         let chunk_count = u32_at(b, 76);
@@ -678,6 +693,7 @@ impl Manifest {
             image_sha256: digest_at(b, 32),
             chunk_size: params.max,
             cdc: Some(params),
+            prefix_len,
             chunk_count,
             chunk_table_sha256: digest_at(b, 88),
             compatible,
@@ -758,7 +774,7 @@ impl Manifest {
             b.extend_from_slice(&self.expires.unwrap_or(0).to_le_bytes());
             b.extend_from_slice(&self.image_size.to_le_bytes());
             b.extend_from_slice(&self.image_sha256.0);
-            for v in [p.min, p.avg, p.max, self.chunk_count, 0, 0] {
+            for v in [p.min, p.avg, p.max, self.chunk_count, self.prefix_len, 0] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
             b.extend_from_slice(&self.chunk_table_sha256.0);
@@ -1309,7 +1325,7 @@ pub fn verify_stream(
     keys: &TrustedKeys,
 ) -> Result<VerifiedPrelude, ReadError> {
     let prelude = read_prelude(r, keys)?;
-    let mut decoder = ChunkDecoder::new().map_err(ReadError::Io)?;
+    let mut decoder = ChunkDecoder::for_manifest(&prelude.manifest).map_err(ReadError::Io)?;
     let mut frame = Vec::new();
     let mut out = Vec::new();
     let mut image = Sha256::new();

@@ -949,6 +949,7 @@ fn accepts_the_largest_legal_prelude() {
         image_sha256: Sha256Digest::default(),
         chunk_size: 4096,
         cdc: None,
+        prefix_len: 0,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: "c".repeat(MAX_STRING_LEN),
@@ -987,6 +988,7 @@ fn accepts_the_largest_chunk_size_and_its_compress_bound() {
         image_sha256: Sha256Digest::default(),
         chunk_size: size,
         cdc: None,
+        prefix_len: 0,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: "testbox".into(),
@@ -1615,6 +1617,60 @@ mod v2 {
             error_of(&bytes),
             format!("chunk {last}: image_len is {}, expected {len}", len - 1)
         );
+    }
+
+    #[test]
+    fn a_v2_manifest_with_a_prefix_beyond_the_maximum_is_refused() {
+        let bad = resigned(&good(), |m| {
+            m[80..84].copy_from_slice(&(crate::MAX_PREFIX_LEN + 1).to_le_bytes())
+        });
+        assert_eq!(
+            error_of(&bad),
+            "prefix_len is 4194305 bytes, more than the maximum of 4194304"
+        );
+    }
+
+    #[test]
+    fn frames_with_a_prefix_are_smaller_than_independent_ones_and_both_verify() {
+        // Repeats 7 KiB apart: a frame finds them only in the bytes before its chunk.
+        let unit = image_bytes(7000);
+        let image: Vec<u8> = unit.iter().cycle().take(70_000).copied().collect();
+        let o = opts("testbox", "2.0");
+        let alone = PayloadParts::from_image_v2_prefixed(&image, &o, SMALL, 0).unwrap();
+        let prefixed = PayloadParts::from_image_v2_prefixed(&image, &o, SMALL, 16 << 10).unwrap();
+        let size = |p: &PayloadParts| p.frames.iter().map(Vec::len).sum::<usize>();
+        assert!(
+            size(&prefixed) * 2 < size(&alone),
+            "{} vs {}",
+            size(&prefixed),
+            size(&alone)
+        );
+        for p in [alone, prefixed] {
+            let bytes = p.assemble(&[test_key()]);
+            let v = verify_stream(&mut &bytes[..], &trusted()).unwrap();
+            assert_eq!(v.manifest.prefix_len, p.manifest.prefix_len);
+        }
+    }
+
+    #[test]
+    fn a_frame_decoded_without_the_bytes_before_it_is_refused() {
+        let unit = image_bytes(7000);
+        let image: Vec<u8> = unit.iter().cycle().take(70_000).copied().collect();
+        let p = PayloadParts::from_image_v2(&image, &opts("testbox", "2.0"), SMALL).unwrap();
+        let last = p.entries.len() - 1;
+        let mut e = p.entries[last];
+        e.payload_offset = 0;
+        let mut out = Vec::new();
+        // A decoder that never saw the chunks before: the frame cannot be decoded right.
+        let mut fresh = ChunkDecoder::for_manifest(&p.manifest).unwrap();
+        fresh.feed(&vec![0u8; 4096]);
+        let err = fresh.decode(last as u32, &e, &p.frames[last], &mut out);
+        assert!(err.is_err(), "decoded without its prefix");
+        // Fed the image before the chunk, it decodes to the signed bytes.
+        let mut fed = ChunkDecoder::for_manifest(&p.manifest).unwrap();
+        fed.feed(&image[..e.image_offset as usize]);
+        fed.decode(last as u32, &e, &p.frames[last], &mut out).unwrap();
+        assert_eq!(out[..], image[e.image_offset as usize..]);
     }
 
     #[test]

@@ -22,6 +22,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 12;
+/// Default prefix of a version 2 payload (`Manifest::prefix_len`): each frame references the
+/// 1 MiB of image before its chunk (measurements in `docs/payload-format.md`).
+pub const DEFAULT_PREFIX_LEN: u32 = 1 << 20;
 
 /// Why packing failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +246,7 @@ fn blank_manifest(opts: &PackOptions, image_size: u64) -> Manifest {
         image_sha256: Sha256Digest::default(),
         chunk_size: opts.chunk_size,
         cdc: None,
+        prefix_len: 0,
         chunk_count: 0,
         chunk_table_sha256: Sha256Digest::default(),
         compatible: opts.compatible.clone(),
@@ -342,9 +346,9 @@ pub fn pack(
 
 /// Compresses a batch of chunks on all threads (chunk i on thread i % threads), returning the
 /// frames in chunk order.
-fn compress_batch(
+fn compress_batch<B: AsRef<[u8]> + Sync>(
     compressors: &mut [zstd::bulk::Compressor<'static>],
-    bufs: &[Vec<u8>],
+    bufs: &[B],
 ) -> Vec<std::io::Result<Vec<u8>>> {
     let threads = compressors.len();
     std::thread::scope(|s| {
@@ -356,7 +360,7 @@ fn compress_batch(
                     bufs.iter()
                         .enumerate()
                         .filter(|(i, _)| i % threads == t)
-                        .map(|(i, b)| (i, compress_chunk(c, b)))
+                        .map(|(i, b)| (i, compress_chunk(c, b.as_ref())))
                         .collect::<Vec<_>>()
                 })
             })
@@ -370,15 +374,106 @@ fn compress_batch(
     })
 }
 
+/// How the frames of a version 2 payload with a prefix are compressed: chunk by chunk, each
+/// with the `prefix_len` image bytes before it as zstd raw-content prefix, in a window that
+/// holds the prefix and the largest chunk.
+struct PrefixLayout {
+    level: i32,
+    prefix_len: usize,
+    window_log: u32,
+}
+
+impl PrefixLayout {
+    fn new(level: i32, prefix_len: u32, cdc: CdcParams) -> PrefixLayout {
+        let need = u64::from(prefix_len) + u64::from(cdc.max);
+        let window_log = (64 - (need - 1).leading_zeros()).clamp(10, super::MAX_WINDOW_LOG);
+        PrefixLayout {
+            level,
+            prefix_len: prefix_len as usize,
+            window_log,
+        }
+    }
+
+    /// Compresses the chunks at `spans` of `data` (each `(start, len)`, its prefix the bytes of
+    /// `data` before it) on `threads` threads; the frames in chunk order.
+    fn compress(
+        &self,
+        threads: usize,
+        data: &[u8],
+        spans: &[(usize, usize)],
+    ) -> Vec<std::io::Result<Vec<u8>>> {
+        let threads = threads.clamp(1, spans.len().max(1));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut cctx = zstd::zstd_safe::CCtx::create();
+                        spans
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| i % threads == t)
+                            .map(|(i, &(at, len))| (i, self.frame(&mut cctx, data, at, len)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all: Vec<_> = handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("compression thread panicked"))
+                .collect();
+            all.sort_by_key(|(i, _)| *i);
+            all.into_iter().map(|(_, f)| f).collect()
+        })
+    }
+
+    fn frame<'a>(
+        &self,
+        cctx: &mut zstd::zstd_safe::CCtx<'a>,
+        data: &'a [u8],
+        at: usize,
+        len: usize,
+    ) -> std::io::Result<Vec<u8>> {
+        use zstd::zstd_safe::{get_error_name, CParameter, ResetDirective};
+        let zerr = |code| std::io::Error::other(get_error_name(code));
+        cctx.reset(ResetDirective::SessionAndParameters)
+            .map_err(zerr)?;
+        for p in [
+            CParameter::CompressionLevel(self.level),
+            CParameter::WindowLog(self.window_log),
+            CParameter::ChecksumFlag(false),
+            CParameter::ContentSizeFlag(true),
+            CParameter::DictIdFlag(false),
+        ] {
+            cctx.set_parameter(p).map_err(zerr)?;
+        }
+        let prefix = &data[at.saturating_sub(self.prefix_len)..at];
+        if !prefix.is_empty() {
+            cctx.ref_prefix(prefix).map_err(zerr)?;
+        }
+        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(len));
+        cctx.compress2(&mut frame, &data[at..at + len])
+            .map_err(zerr)?;
+        Ok(frame)
+    }
+}
+
+fn check_prefix(prefix_len: u32) -> Result<(), PackError> {
+    if prefix_len > super::MAX_PREFIX_LEN {
+        return Err(PackError::OutOfRange {
+            what: "prefix length",
+            found: prefix_len.into(),
+            min: 0,
+            max: super::MAX_PREFIX_LEN.into(),
+        });
+    }
+    Ok(())
+}
+
 /// Chunks (version 2) in one batch of [`pack_v2`]: enough to keep every thread busy for a
 /// while without holding more than a few MiB.
-const V2_BATCH_PER_THREAD: usize = 16;
+const V2_BATCH_PER_THREAD: usize = 32;
 
-/// Packs `image` (of `image_size` bytes, read from its start) into a version 2 payload in
-/// `out` (seekable, empty): content-defined chunks cut with `cdc`, one zstd frame per chunk
-/// (`docs/payload-format.md`, "Version 2"); `opts.chunk_size` is not used. Reads the image
-/// twice: once to count its chunks (the prelude's length depends on it), once to compress.
-/// Memory: the chunker's buffer and a batch of chunks and frames per thread.
+/// [`pack_v2_prefixed`] with the [`DEFAULT_PREFIX_LEN`].
 pub fn pack_v2(
     image: &mut (impl Read + Seek),
     image_size: u64,
@@ -387,7 +482,26 @@ pub fn pack_v2(
     opts: &PackOptions,
     cdc: CdcParams,
 ) -> Result<PackSummary, PackError> {
+    pack_v2_prefixed(image, image_size, out, keys, opts, cdc, DEFAULT_PREFIX_LEN)
+}
+
+/// Packs `image` (of `image_size` bytes, read from its start) into a version 2 payload in
+/// `out` (seekable, empty): content-defined chunks cut with `cdc`, one zstd frame per chunk,
+/// each referencing the `prefix_len` image bytes before its chunk (0: independent frames;
+/// `docs/payload-format.md`, "Version 2"); `opts.chunk_size` is not used. Reads the image
+/// twice: once to count its chunks (the prelude's length depends on it), once to compress.
+/// Memory: the chunker's buffer, the prefix and a batch of chunks and frames per thread.
+pub fn pack_v2_prefixed(
+    image: &mut (impl Read + Seek),
+    image_size: u64,
+    out: &mut (impl Write + Seek),
+    keys: &[SigningKey],
+    opts: &PackOptions,
+    cdc: CdcParams,
+    prefix_len: u32,
+) -> Result<PackSummary, PackError> {
     check_v2(opts, cdc, image_size)?;
+    check_prefix(prefix_len)?;
     let rewind = |image: &mut dyn SeekRead| {
         image
             .seek(SeekFrom::Start(0))
@@ -409,6 +523,7 @@ pub fn pack_v2(
     let mut manifest = blank_manifest(opts, image_size);
     manifest.chunk_size = cdc.max;
     manifest.cdc = Some(cdc);
+    manifest.prefix_len = prefix_len;
     manifest.chunk_count = count as u32;
     let prelude_len =
         (HEADER_LEN + manifest.encode().len() + 4 + keys.len() * super::SIGNATURE_RECORD_LEN)
@@ -427,10 +542,15 @@ pub fn pack_v2(
     let mut entries = Vec::with_capacity(count as usize);
     let mut chunker = Chunker::new(&mut *image, cdc);
     let mut offset = 0u64;
-    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    // `data`: the prefix of the batch's first chunk, then the batch's chunks (`spans`).
+    let mut data: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let layout = PrefixLayout::new(opts.level, prefix_len, cdc);
     loop {
-        bufs.truncate(0);
-        while bufs.len() < threads * V2_BATCH_PER_THREAD {
+        let keep = data.len().saturating_sub(prefix_len as usize);
+        data.drain(..keep);
+        spans.clear();
+        while spans.len() < threads * V2_BATCH_PER_THREAD {
             let Some((_, chunk)) = chunker
                 .next_chunk()
                 .map_err(io_err(format!("reading image at offset {offset}")))?
@@ -439,12 +559,20 @@ pub fn pack_v2(
             };
             hasher.update(chunk);
             offset += chunk.len() as u64;
-            bufs.push(chunk.to_vec());
+            spans.push((data.len(), chunk.len()));
+            data.extend_from_slice(chunk);
         }
-        if bufs.is_empty() {
+        if spans.is_empty() {
             break;
         }
-        for (buf, frame) in bufs.iter().zip(compress_batch(&mut compressors, &bufs)) {
+        let frames = if prefix_len == 0 {
+            let bufs: Vec<&[u8]> = spans.iter().map(|&(at, l)| &data[at..at + l]).collect();
+            compress_batch(&mut compressors, &bufs)
+        } else {
+            layout.compress(threads, &data, &spans)
+        };
+        for (&(at, len), frame) in spans.iter().zip(frames) {
+            let buf = &data[at..at + len];
             let index = entries.len();
             let frame = frame.map_err(io_err(format!("compressing chunk {index}")))?;
             out.write_all(&frame)
@@ -569,33 +697,57 @@ impl PayloadParts {
         })
     }
 
-    /// Cuts `image` into content-defined chunks with `cdc` and compresses each (version 2).
+    /// [`Self::from_image_v2_prefixed`] with the [`DEFAULT_PREFIX_LEN`].
     pub fn from_image_v2(
         image: &[u8],
         opts: &PackOptions,
         cdc: CdcParams,
     ) -> Result<PayloadParts, PackError> {
+        PayloadParts::from_image_v2_prefixed(image, opts, cdc, DEFAULT_PREFIX_LEN)
+    }
+
+    /// Cuts `image` into content-defined chunks with `cdc` and compresses each (version 2),
+    /// referencing the `prefix_len` bytes before it (0: independent frames).
+    pub fn from_image_v2_prefixed(
+        image: &[u8],
+        opts: &PackOptions,
+        cdc: CdcParams,
+        prefix_len: u32,
+    ) -> Result<PayloadParts, PackError> {
         check_v2(opts, cdc, image.len() as u64)?;
+        check_prefix(prefix_len)?;
         let mut c = compressor(opts.level).map_err(io_err("creating zstd compressor"))?;
         let mut manifest = blank_manifest(opts, image.len() as u64);
         manifest.image_sha256 = Sha256Digest::of(image);
         manifest.chunk_size = cdc.max;
         manifest.cdc = Some(cdc);
+        manifest.prefix_len = prefix_len;
         let mut entries = Vec::new();
-        let mut frames = Vec::new();
+        let mut spans = Vec::new();
         let mut chunker = Chunker::new(image, cdc);
         while let Some((at, chunk)) = chunker.next_chunk().map_err(io_err("chunking image"))? {
-            let i = entries.len();
-            let frame =
-                compress_chunk(&mut c, chunk).map_err(io_err(format!("compressing chunk {i}")))?;
+            spans.push((at as usize, chunk.len()));
             entries.push(ChunkEntry {
                 image_offset: at,
                 payload_offset: 0,
                 image_len: chunk.len() as u32,
-                frame_len: frame.len() as u32,
+                frame_len: 0,
                 sha256: Sha256Digest::of(chunk),
             });
-            frames.push(frame);
+        }
+        let frames = if prefix_len == 0 {
+            let bufs: Vec<&[u8]> = spans.iter().map(|&(at, l)| &image[at..at + l]).collect();
+            compress_batch(std::slice::from_mut(&mut c), &bufs)
+        } else {
+            PrefixLayout::new(opts.level, prefix_len, cdc).compress(opts.threads, image, &spans)
+        };
+        let mut frames = frames
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| f.map_err(io_err(format!("compressing chunk {i}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (e, f) in entries.iter_mut().zip(&mut frames) {
+            e.frame_len = f.len() as u32;
         }
         if entries.len() as u64 > u64::from(MAX_V2_CHUNK_COUNT) {
             return Err(too_many_chunks(entries.len() as u64));
