@@ -561,7 +561,7 @@ impl<'a> ChunkReader<'a> {
         Ok(ChunkReader {
             slot,
             r: BufReader::with_capacity(1 << 20, f),
-            decoder: ChunkDecoder::new().map_err(bad)?,
+            decoder: ChunkDecoder::for_manifest(&slot.prelude.manifest).map_err(bad)?,
             frame: Vec::new(),
         })
     }

@@ -286,19 +286,21 @@ pub type DeltaSink<'a, E> = dyn FnMut(u32, &ChunkEntry, Option<&[u8]>) -> Result
 
 /// Carries `plan` out for chunks `start..` of `entries` (see the module doc): `sink(index,
 /// entry, Some(bytes))` for each verified chunk to write, `sink(index, entry, None)` for a
-/// chunk already in place in the target slot.
+/// chunk already in place in the target slot. Every chunk passes through `decoder` in order
+/// (fed when it was not decoded), so frames that reference the bytes before them decode;
+/// after [`Applied::RangesIgnored`] the decoder has seen every chunk before the one returned.
+#[allow(clippy::too_many_arguments)]
 pub fn apply<E>(
     entries: &[ChunkEntry],
     start: u32,
     plan: &DeltaPlan,
     slots: &Slots<'_>,
     reader: &mut ResumingReader,
+    decoder: &mut ChunkDecoder,
     stats: &mut DeltaStats,
     sink: &mut DeltaSink<'_, E>,
 ) -> Result<Applied, ApplyError<E>> {
     let mut fetcher = Fetcher::new(reader, &plan.ranges);
-    let mut decoder =
-        ChunkDecoder::new().map_err(|source| ApplyError::Read { offset: 0, source })?;
     let (mut frame, mut chunk) = (Vec::new(), Vec::new());
     for (i, e) in entries.iter().enumerate().skip(start as usize) {
         let index = i as u32;
@@ -307,6 +309,7 @@ pub fn apply<E>(
             let (file, base) = slots.booted;
             if read_checked(file, base, at, e, &mut chunk).map_err(local_err(base + at))? {
                 stats.reused_bytes += u64::from(e.image_len);
+                decoder.feed(&chunk);
                 sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
                 continue;
             }
@@ -320,6 +323,7 @@ pub fn apply<E>(
                 .map_err(local_err(base + e.image_offset))?
             {
                 stats.in_place_bytes += u64::from(e.image_len);
+                decoder.feed(&chunk);
                 sink(index, e, None).map_err(ApplyError::Sink)?;
                 continue;
             }
@@ -437,8 +441,8 @@ mod tests {
         assert_eq!(p.reuse_bytes, 0);
     }
 
-    /// A signed format 2 payload of `image` cut with `P`, and its chunk table.
-    fn payload_of(image: &[u8]) -> (Vec<u8>, Vec<ChunkEntry>) {
+    /// A signed format 2 payload of `image` cut with `P`, its chunk table and manifest.
+    fn payload_of(image: &[u8]) -> (Vec<u8>, Vec<ChunkEntry>, payload::Manifest) {
         use crate::payload::writer::{PackOptions, PayloadParts};
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let opts = PackOptions {
@@ -454,18 +458,15 @@ mod tests {
             .unwrap()
             .assemble(std::slice::from_ref(&key));
         let keys = crate::payload::TrustedKeys::new([key.verifying_key()]);
-        let entries = crate::payload::read_prelude(&mut &bytes[..], &keys)
-            .unwrap()
-            .chunks
-            .entries;
-        (bytes, entries)
+        let prelude = crate::payload::read_prelude(&mut &bytes[..], &keys).unwrap();
+        (bytes, prelude.chunks.entries, prelude.manifest)
     }
 
     #[test]
     fn a_local_chunk_damaged_after_indexing_is_fetched_and_the_sink_gets_the_signed_bytes() {
         use std::io::Write;
         let image = noise(60_000, 7);
-        let (payload, entries) = payload_of(&image);
+        let (payload, entries, manifest) = payload_of(&image);
         let mut payload_file = tempfile::NamedTempFile::new().unwrap();
         payload_file.write_all(&payload).unwrap();
         let base = 4096;
@@ -499,7 +500,18 @@ mod tests {
             out[at..at + data.unwrap().len()].copy_from_slice(data.unwrap());
             Ok(())
         };
-        let applied = apply(&entries, 0, &p, &slots, &mut reader, &mut stats, &mut sink).unwrap();
+        let mut decoder = ChunkDecoder::for_manifest(&manifest).unwrap();
+        let applied = apply(
+            &entries,
+            0,
+            &p,
+            &slots,
+            &mut reader,
+            &mut decoder,
+            &mut stats,
+            &mut sink,
+        )
+        .unwrap();
         assert_eq!(applied, Applied::Done);
         assert_eq!(stats.damaged_local_chunks, 1);
         assert_eq!(

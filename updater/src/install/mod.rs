@@ -25,6 +25,7 @@
 
 pub mod delta;
 pub mod pipeline;
+pub mod resume;
 
 use crate::bootstate::{slot_name, BootState, BootStateRefusal};
 use crate::device::DeviceError;
@@ -646,7 +647,7 @@ impl InstallPlan {
             next_chunk,
             chunk_count: m.chunk_count,
         };
-        let start = self.start;
+        let mut start = self.start;
 
         // The first writes: state (so an unwritable state directory stops us before the disk
         // is touched), then the target stops being bootable.
@@ -671,6 +672,31 @@ impl InstallPlan {
             })?;
         let writer = SlotWriter::new(&file, &device.disk, &self.target);
         let entries = &self.prelude.chunks.entries;
+        // Frames that reference the bytes before them: after an interruption, the decoder
+        // first reads those back from the target (checked; a damaged chunk moves `start` back).
+        let mut decoder =
+            payload::ChunkDecoder::for_manifest(m).map_err(|source| InstallError::SlotIo {
+                action: "creating a zstd decoder for".into(),
+                slot: self.target.label.clone(),
+                disk: device.disk.clone(),
+                offset: 0,
+                source,
+            })?;
+        start = resume::prime(
+            &mut decoder,
+            m.prefix_len,
+            &file,
+            self.target.byte_offset(),
+            entries,
+            start,
+        )
+        .map_err(|source| InstallError::SlotIo {
+            action: "reading back the chunks before the resume point from".into(),
+            slot: self.target.label.clone(),
+            disk: device.disk.clone(),
+            offset: self.target.byte_offset(),
+            source,
+        })?;
         // A crash after the last checkpoint leaves nothing to stream: resume at the payload end
         // and go on to the read-back (found by the crash-point sweep, tests/crashpoints.rs).
         let resume_image_offset = entries
@@ -776,8 +802,16 @@ impl InstallPlan {
                 match &delta_plan {
                     None => Ok(Some(start)),
                     Some(dp) => {
-                        match delta::apply(entries, start, dp, &slots, reader, &mut stats, &mut put)
-                        {
+                        match delta::apply(
+                            entries,
+                            start,
+                            dp,
+                            &slots,
+                            reader,
+                            &mut decoder,
+                            &mut stats,
+                            &mut put,
+                        ) {
                             Ok(delta::Applied::Done) => Ok(None),
                             Ok(delta::Applied::RangesIgnored(from)) => {
                                 stats.ranges_ignored = true;
@@ -845,6 +879,7 @@ impl InstallPlan {
                         from,
                         m.chunk_size,
                         opts.threads,
+                        decoder,
                         &mut sink,
                     )
                 } else {
@@ -854,6 +889,7 @@ impl InstallPlan {
                         from,
                         m.chunk_size,
                         opts.threads,
+                        decoder,
                         &mut sink,
                     )
                 }

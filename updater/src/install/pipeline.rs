@@ -7,6 +7,10 @@
 //!       └─────────────────────── buffer pool (bounded) ◄───────────────┘
 //! ```
 //!
+//! Frames that reference the image bytes before them (a version 2 payload with a prefix,
+//! [`ChunkDecoder::is_sequential`]) are decoded in order by the one decoder the caller hands
+//! in, which holds that prefix; independent frames on `threads` decoders.
+//!
 //! Memory is bounded by the pool: [`buffer_pairs`] pairs of (frame, chunk) buffers, each at
 //! most one frame bound and one chunk, within [`BUFFER_BUDGET`] whatever the image size. A chunk
 //! reaches the sink only after its SHA-256 matched; the first failure in chunk order stops
@@ -74,16 +78,23 @@ fn from_read(e: ReadError, offset: u64) -> PipelineErrorNoSink {
 
 /// Streams chunks `start..` of `entries` from `reader` (positioned at chunk `start`'s frame),
 /// checks the stream ends after the last frame, and calls `sink(index, entry, bytes)` for each
-/// verified chunk in order.
+/// verified chunk in order. `decoder` is made for the payload's manifest
+/// ([`ChunkDecoder::for_manifest`]) and, for sequential frames, has been fed the image bytes
+/// before chunk `start`.
 pub fn run<E: Send>(
     reader: &mut (dyn Read + Send),
     entries: &[ChunkEntry],
     start: u32,
     chunk_size: u32,
     threads: usize,
+    decoder: ChunkDecoder,
     sink: &mut ChunkSink<'_, E>,
 ) -> Result<(), PipelineError<E>> {
-    let threads = threads.max(1);
+    let threads = if decoder.is_sequential() {
+        1
+    } else {
+        threads.max(1)
+    };
     let pairs = buffer_pairs(chunk_size, threads);
     let count = entries.len() as u32;
     let end_offset = entries
@@ -98,8 +109,8 @@ pub fn run<E: Send>(
     let (job_tx, job_rx) = sync_channel::<Job>(pairs);
     let (msg_tx, msg_rx) = sync_channel::<Msg>(pairs + 1);
     let job_rx = Mutex::new(job_rx);
-    let decoders = (0..threads)
-        .map(|_| ChunkDecoder::new())
+    let decoders = std::iter::once(Ok(decoder))
+        .chain((1..threads).map(|_| ChunkDecoder::new()))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(|source| PipelineError::Read { offset: 0, source })?;
 

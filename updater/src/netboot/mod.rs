@@ -568,6 +568,8 @@ fn fetch_partial(
         0,
         m.chunk_size,
         opts.threads,
+        payload::ChunkDecoder::for_manifest(m)
+            .map_err(|e| ram_err("creating a zstd decoder for", e))?,
         &mut sink,
     )
     .map_err(|e| match e {
