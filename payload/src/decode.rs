@@ -136,10 +136,16 @@ impl ChunkDecoder {
     /// A decoder for the frames of a payload with this manifest: with a prefix window when the
     /// manifest declares one.
     pub fn for_manifest(manifest: &super::Manifest) -> std::io::Result<ChunkDecoder> {
+        ChunkDecoder::with_prefix(manifest.prefix_len)
+    }
+
+    /// A decoder of frames that reference the `prefix_len` bytes before their chunk (at most
+    /// [`MAX_PREFIX_LEN`](super::MAX_PREFIX_LEN)); 0: independent frames.
+    pub fn with_prefix(prefix_len: u32) -> std::io::Result<ChunkDecoder> {
         let mut d = ChunkDecoder::new()?;
-        if manifest.prefix_len > 0 {
+        if prefix_len > 0 {
             d.prefix = Some(PrefixWindow {
-                len: manifest.prefix_len.min(super::MAX_PREFIX_LEN) as usize,
+                len: prefix_len.min(super::MAX_PREFIX_LEN) as usize,
                 buf: Vec::new(),
             });
         }
@@ -247,11 +253,7 @@ impl ChunkDecoder {
 /// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
 /// into `out`'s spare capacity. A context per frame: zstd keeps a reference to the prefix, which
 /// changes with every chunk (creating one costs microseconds, decoding a chunk more).
-fn decompress_with_prefix(
-    frame: &[u8],
-    prefix: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<usize, String> {
+fn decompress_with_prefix(frame: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
     use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
     let name = |code| get_error_name(code).to_string();
     let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
@@ -264,6 +266,23 @@ fn decompress_with_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_window_holds_the_last_bytes_fed_whatever_the_piece_sizes() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        for len in [1usize, 100, 4096, 9999] {
+            for piece in [1usize, 7, 100, 4096, 20_000] {
+                let mut w = PrefixWindow { len, buf: Vec::new() };
+                let mut fed = 0;
+                for p in data.chunks(piece) {
+                    w.push(p);
+                    fed += p.len();
+                    assert_eq!(w.bytes(), &data[fed.saturating_sub(len)..fed]);
+                    assert!(w.buf.len() <= 2 * len.max(piece));
+                }
+            }
+        }
+    }
 
     #[test]
     fn reads_window_and_content_size_of_a_real_frame() {
