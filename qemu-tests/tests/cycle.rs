@@ -20,7 +20,7 @@ use std::time::Instant;
 /// cover GRUB's selection under both firmwares).
 const FIRMWARE: Firmware = Firmware::Uefi;
 
-const fn attrs(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
+pub(crate) const fn attrs(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
     SlotAttrs {
         priority,
         tries,
@@ -28,18 +28,18 @@ const fn attrs(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
     }
 }
 
-/// A scenario's scratch directory, fresh disk and clock.
-struct Scenario {
+/// A scenario's scratch directory, fresh disk and clock (the delta cycle uses it too).
+pub(crate) struct Scenario {
     name: &'static str,
     _scratch: Scratch,
-    images: &'static CycleImages,
-    disk: CycleDisk,
+    pub(crate) images: &'static CycleImages,
+    pub(crate) disk: CycleDisk,
     started: Instant,
     firmware: Firmware,
 }
 
 impl Scenario {
-    fn new(name: &'static str) -> anyhow::Result<Scenario> {
+    pub(crate) fn new(name: &'static str) -> anyhow::Result<Scenario> {
         Scenario::on(name, FIRMWARE)
     }
 
@@ -60,7 +60,7 @@ impl Scenario {
         })
     }
 
-    fn boot(&self, what: &str) -> anyhow::Result<Guest> {
+    pub(crate) fn boot(&self, what: &str) -> anyhow::Result<Guest> {
         Guest::boot(
             &self.disk,
             self.images,
