@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== the device binary carries no publisher code"
+./scripts/check-device-features.sh
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
 echo "== fuzz smoke (scripts/fuzz.sh short)"

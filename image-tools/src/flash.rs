@@ -2,7 +2,7 @@
 //! payloads, so nothing unsigned reaches a device and the bootable part comes last.
 //!
 //! Before any device is touched, [`Job::prepare`] checks the payloads' signatures and chunk
-//! tables ([`updater::payload::read_prelude`]), their expiry and size, and makes the ESP, the
+//! tables ([`ab_payload::read_prelude`]), their expiry and size, and makes the ESP, the
 //! BIOS boot code and ROOT with the same code as `image-tools disk`
 //! ([`crate::disk::system_regions`]), and the OEM filesystem from `--oem DIR` (ext4 labelled
 //! `OEM`, made by `mkfs.ext4 -d`, no mounting). [`target::Target::open`] refuses mounted, busy
@@ -39,6 +39,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 use crate::disk::{self, GrubFiles, Region, RegionSource, SystemRegions};
+use ab_payload::{
+    self as payload, ChunkDecoder, ReadError, Sha256Digest, TrustedKeys, VerifiedPrelude,
+};
 use anyhow::Context;
 use bootctl::gpt::{self, Gpt};
 use bootctl::layout::{self, LayoutSizes};
@@ -54,7 +57,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
-use updater::payload::{self, ChunkDecoder, ReadError, Sha256Digest, TrustedKeys, VerifiedPrelude};
 
 pub mod report;
 pub mod target;

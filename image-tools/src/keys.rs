@@ -4,13 +4,13 @@
 //! public key, 64 hex characters) in the format `docs/payload-format.md` describes. The public
 //! file goes into a device image's `/usr/lib/updater/keys.d/`. Existing files are never
 //! overwritten.
+use ab_payload::writer::{encode_public_key, encode_secret_key, generate_key};
+use ab_payload::KeyId;
 use anyhow::Context;
 use clap::Args;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use updater::payload::writer::{encode_public_key, encode_secret_key, generate_key};
-use updater::payload::KeyId;
 
 /// Generate a payload signing key pair (PREFIX.key and PREFIX.pub).
 ///

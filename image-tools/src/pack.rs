@@ -4,7 +4,9 @@
 //! through `debugfs`, never mounting) for `IMAGE_ID` (the compatible string) and
 //! `IMAGE_VERSION`; for other filesystems both must be given, and given values that contradict
 //! the image are refused. Compression uses every core. The format is in
-//! `docs/payload-format.md`; the work is done by [`updater::payload`].
+//! `docs/payload-format.md`; the work is done by [`ab_payload`].
+use ab_payload::writer::{self, PackOptions};
+use ab_payload::{self as payload, TrustedKeys};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::fs::File;
@@ -12,8 +14,6 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use updater::osrelease::{OsRelease, MAX_OS_RELEASE_LEN};
-use updater::payload::writer::{self, PackOptions};
-use updater::payload::{self, TrustedKeys};
 
 /// Pack a /usr image into a signed, chunked, zstd-compressed payload.
 ///

@@ -15,13 +15,13 @@
 //! `SOURCE_DATE_EPOCH`, else the clock, so the same edits at the same time give the same bytes.
 //! The format and the edits are [`updater::stream`]; this module does the files.
 use crate::pack::{load_secret_key, now_or_source_date_epoch, parse_time};
+use ab_payload::{self as payload, SignatureBlock, TrustedKeys};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
-use updater::payload::{self, SignatureBlock, TrustedKeys};
 use updater::stream::rollout::open_fraction;
 use updater::stream::writer::{self, payload_file_name};
 use updater::stream::{

@@ -5,6 +5,8 @@
 //!
 //! Loop devices need root; where `losetup` fails the test prints a SKIPPED line and passes.
 use crate::disk::{range, read_at, tool, Fixture};
+use ab_payload::writer::{self, PackOptions, PayloadParts};
+use ab_payload::TrustedKeys;
 use bootctl::gpt;
 use bootctl::storage::{FileDisk, MemDisk, Storage};
 use bootctl::{SlotAttrs, SlotDisk};
@@ -13,8 +15,6 @@ use image_tools::flash::{flash_all, DeviceSlot, FlashSpec, Job};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use updater::payload::writer::{self, PackOptions, PayloadParts};
-use updater::payload::TrustedKeys;
 
 const MIB: u64 = 1 << 20;
 /// Disk size for the tests' layout (16 MiB slots, 32 MiB ROOT), with room to spare.

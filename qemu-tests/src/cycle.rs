@@ -10,8 +10,9 @@
 //!   adds [`CHECK_FAILING`]; v4's init ([`V4_INIT`]) exits at once, so the kernel panics and
 //!   `panic=5` on GRUB's command line reboots. The signing key is made by image-tools' keygen
 //!   when the entry is built: test keys live in the test cache only, never in the repository.
-//! - [`CycleImages::payloads_disk`]: an ext4 image holding `v2.payload` … `v4.payload` and
-//!   the release streams [`STREAMS`] (made with `image-tools publish`), attached read-only as
+//! - [`CycleImages::payloads_disk`]: an ext4 image holding `v2.payload` … `v4.payload`, v2
+//!   again in payload format 2 ([`V2_FORMAT2_PAYLOAD`], installed by delta) and the release
+//!   streams [`STREAMS`] (made with `image-tools publish`), attached read-only as
 //!   `/dev/vdb` and mounted at [`PAYLOADS_MOUNT`]. A filesystem rather
 //!   than a raw payload as the disk: a virtio disk is a whole number of sectors, and the
 //!   updater rightly refuses the padding after the last frame as trailing data.
@@ -88,6 +89,11 @@ pub const PAYLOADS_MOUNT: &str = "/mnt/payloads";
 /// The versions with a payload.
 pub const PAYLOAD_VERSIONS: [&str; 3] = ["2", "3", "4"];
 
+/// v2 packed in payload format 2 (`image-tools pack --format 2`: content-defined chunks), on
+/// the payloads disk next to the format 1 payloads. v2 differs from v1 in `IMAGE_VERSION`
+/// only, so a v1 box finds most of its chunks in its booted slot and installs it by delta.
+pub const V2_FORMAT2_PAYLOAD: &str = "v2-format2.payload";
+
 /// From power-on to the test OS's boot marker (TCG on a loaded host; a hang guard).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// A quick command in the guest.
@@ -147,7 +153,8 @@ impl CycleImages {
             .file(&os.busybox)?
             .file(&os.updater)?
             .text(USR_INIT)
-            .text(&format!("{STREAMS:?} {STREAM_EPOCH}"));
+            .text(&format!("{STREAMS:?} {STREAM_EPOCH}"))
+            .text(V2_FORMAT2_PAYLOAD);
         for v in ["1", "2", "3", "4"] {
             for (path, mode, content) in usr_spec(v, b"").files {
                 key = key.text(&path).text(&mode.to_string()).bytes(&content);
@@ -206,6 +213,17 @@ fn build_entry(os: &TestOs, dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("reading size of {}", out.display()))?
             .len();
     }
+    let v2_format2 = payloads.join(V2_FORMAT2_PAYLOAD);
+    pack_with(
+        &dir.join("usr-v2.img"),
+        &dir.join("test-signing.key"),
+        &v2_format2,
+        &["--format", "2"],
+    )
+    .context("packing v2 in format 2")?;
+    total += std::fs::metadata(&v2_format2)
+        .with_context(|| format!("reading size of {}", v2_format2.display()))?
+        .len();
     // Release streams of the agent scenario: `streams/N` is the tree a publisher holds once
     // it has published v2 … vN (each release open to every box), signed with the test key.
     for (n, versions) in STREAMS {
@@ -283,13 +301,18 @@ pub fn publish(args: &[&str], key: &str) -> anyhow::Result<()> {
 /// Runs `image-tools pack --image IMAGE --key KEY -o OUT` in-process, through its own
 /// argument parser so its defaults (chunk size, level) apply.
 pub fn pack(image: &Path, key: &Path, out: &Path) -> anyhow::Result<()> {
+    pack_with(image, key, out, &[])
+}
+
+/// [`pack`] with more arguments (`--format 2`).
+pub fn pack_with(image: &Path, key: &Path, out: &Path, more: &[&str]) -> anyhow::Result<()> {
     use clap::Parser;
     #[derive(Parser)]
     struct Pack {
         #[command(flatten)]
         cmd: image_tools::pack::PackCmd,
     }
-    let args = [
+    let mut args = vec![
         "pack".as_ref(),
         "--image".as_ref(),
         image.as_os_str(),
@@ -298,6 +321,7 @@ pub fn pack(image: &Path, key: &Path, out: &Path) -> anyhow::Result<()> {
         "-o".as_ref(),
         out.as_os_str(),
     ];
+    args.extend(more.iter().map(std::ffi::OsStr::new));
     let parsed: Pack = Pack::try_parse_from(args).context("parsing image-tools pack arguments")?;
     parsed.cmd.run()
 }
@@ -507,7 +531,7 @@ printf '#!/usr/bin/sh\\n/usr/bin/updater --disk /dev/vda agent </dev/null >>/run
 chmod 755 /etc/testos/boot.d/60-updater-agent && sync";
 
 /// `updater` with the guest's disk named (no udev in the test OS).
-const UPDATER: &str = "updater --disk /dev/vda";
+pub const UPDATER: &str = "updater --disk /dev/vda";
 
 impl Guest {
     /// Starts a machine on `disk` with the payloads disk attached, and waits until the test OS

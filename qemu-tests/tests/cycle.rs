@@ -28,18 +28,18 @@ const fn attrs(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
     }
 }
 
-/// A scenario's scratch directory, fresh disk and clock.
-struct Scenario {
+/// A scenario's scratch directory, fresh disk and clock (the delta cycle uses it too).
+pub(crate) struct Scenario {
     name: &'static str,
     _scratch: Scratch,
-    images: &'static CycleImages,
-    disk: CycleDisk,
+    pub(crate) images: &'static CycleImages,
+    pub(crate) disk: CycleDisk,
     started: Instant,
     firmware: Firmware,
 }
 
 impl Scenario {
-    fn new(name: &'static str) -> anyhow::Result<Scenario> {
+    pub(crate) fn new(name: &'static str) -> anyhow::Result<Scenario> {
         Scenario::on(name, FIRMWARE)
     }
 
@@ -60,7 +60,7 @@ impl Scenario {
         })
     }
 
-    fn boot(&self, what: &str) -> anyhow::Result<Guest> {
+    pub(crate) fn boot(&self, what: &str) -> anyhow::Result<Guest> {
         Guest::boot(
             &self.disk,
             self.images,
@@ -94,45 +94,65 @@ mod v2_installed_in_the_guest_passes_health_and_is_committed_with_v1_as_fallback
 
 fn v1_to_v2(firmware: Firmware) -> anyhow::Result<()> {
     let s = Scenario::on("v1-to-v2", firmware)?;
-    let a = s.disk.partuuid(&SlotId::A)?;
-    let b = s.disk.partuuid(&SlotId::B)?;
-    let mut g = s.boot("v1 on A")?;
-    assert_eq!(
-        (g.booted.version.as_str(), &g.booted.usr_partuuid),
-        ("1", &a)
-    );
-
+    let mut g = s.boot_v1()?;
     let out = g.install("2")?;
     assert!(out.contains("installed 2 into slot B"), "{out}");
-    let st = g.status()?;
-    assert_eq!(st.next.as_deref(), Some("B"), "{st:?}");
-    assert_eq!(st.slot("B")?.attrs(), attrs(2, 1, false));
-    let pending = st.pending.as_ref().expect("a pending install");
-    assert_eq!((pending.version.as_str(), pending.flipped), ("2", true));
+    s.v2_boots_and_is_committed_with_v1_as_fallback(g)
+}
 
-    let booted = g.reboot()?.clone();
-    assert_eq!((booted.version.as_str(), &booted.usr_partuuid), ("2", &b));
-    assert!(!booted.fallback);
-    let st = g.status()?;
-    assert_eq!(st.booted, "B");
-    assert_eq!(st.next.as_deref(), Some("B"));
-    assert_eq!(st.slot("B")?.attrs(), attrs(2, 0, true), "B committed");
-    assert_eq!(
-        st.slot("A")?.attrs(),
-        attrs(1, 0, true),
-        "A kept as fallback"
-    );
-    assert!(st.pending.is_none(), "{st:?}");
-    let health = st.last_health.as_ref().expect("a health verdict");
-    assert!(health.passed && health.version == "2", "{health:?}");
-    assert!(st.failed.versions.is_empty(), "{st:?}");
-    g.poweroff()?;
+impl Scenario {
+    /// Boots the fresh disk: v1 from slot A.
+    pub(crate) fn boot_v1(&self) -> anyhow::Result<Guest> {
+        let a = self.disk.partuuid(&SlotId::A)?;
+        let g = self.boot("v1 on A")?;
+        assert_eq!(
+            (g.booted.version.as_str(), &g.booted.usr_partuuid),
+            ("1", &a)
+        );
+        Ok(g)
+    }
 
-    assert_eq!(s.disk.attrs(&SlotId::B)?, attrs(2, 0, true));
-    assert_eq!(s.disk.attrs(&SlotId::A)?, attrs(1, 0, true));
-    assert_eq!(s.disk.next()?.as_deref(), Some("USR-B"));
-    assert!(s.disk.gpt_consistent()?, "both GPT copies valid and equal");
-    Ok(())
+    /// After v2 was installed into B from v1: B boots next with one try, v2 boots from it, its
+    /// health check commits it with v1 kept as the fallback; then powers off and checks the
+    /// disk file.
+    pub(crate) fn v2_boots_and_is_committed_with_v1_as_fallback(
+        &self,
+        mut g: Guest,
+    ) -> anyhow::Result<()> {
+        let b = self.disk.partuuid(&SlotId::B)?;
+        let st = g.status()?;
+        assert_eq!(st.next.as_deref(), Some("B"), "{st:?}");
+        assert_eq!(st.slot("B")?.attrs(), attrs(2, 1, false));
+        let pending = st.pending.as_ref().expect("a pending install");
+        assert_eq!((pending.version.as_str(), pending.flipped), ("2", true));
+
+        let booted = g.reboot()?.clone();
+        assert_eq!((booted.version.as_str(), &booted.usr_partuuid), ("2", &b));
+        assert!(!booted.fallback);
+        let st = g.status()?;
+        assert_eq!(st.booted, "B");
+        assert_eq!(st.next.as_deref(), Some("B"));
+        assert_eq!(st.slot("B")?.attrs(), attrs(2, 0, true), "B committed");
+        assert_eq!(
+            st.slot("A")?.attrs(),
+            attrs(1, 0, true),
+            "A kept as fallback"
+        );
+        assert!(st.pending.is_none(), "{st:?}");
+        let health = st.last_health.as_ref().expect("a health verdict");
+        assert!(health.passed && health.version == "2", "{health:?}");
+        assert!(st.failed.versions.is_empty(), "{st:?}");
+        g.poweroff()?;
+
+        assert_eq!(self.disk.attrs(&SlotId::B)?, attrs(2, 0, true));
+        assert_eq!(self.disk.attrs(&SlotId::A)?, attrs(1, 0, true));
+        assert_eq!(self.disk.next()?.as_deref(), Some("USR-B"));
+        assert!(
+            self.disk.gpt_consistent()?,
+            "both GPT copies valid and equal"
+        );
+        Ok(())
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //!   [`VerifiedStream`]; [`StreamError`] says what was wrong, with the facts.
 //! - [`rollout`] places a box in the staged rollout ([`Position`]) and chooses the release to
 //!   install ([`choose_target`]), explaining every candidate it skipped ([`Decision`]).
-//! - `writer` (cargo feature `writer`, enabled by `image-tools` only) encodes, edits and signs
+//! - `writer` (cargo feature `stream-writer`, enabled by `image-tools` only) encodes, edits and signs
 //!   streams, so the device binary carries no publisher code.
 //!
 //! ```
@@ -26,7 +26,7 @@
 //! ```
 
 pub mod rollout;
-#[cfg(feature = "writer")]
+#[cfg(feature = "stream-writer")]
 pub mod writer;
 
 pub use rollout::{choose_target, Candidate, Decision, Outcome, Position, Skip};
