@@ -15,15 +15,27 @@ fn cut(img: &[u8], p: CdcParams) -> Vec<(u64, u32, [u8; 32])> {
     out
 }
 
-fn comp<'a>(cctx: &mut CCtx<'a>, level: i32, img: &'a [u8], at: usize, len: usize, w: usize, out: &mut Vec<u8>) -> usize {
-    cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly).unwrap();
-    cctx.set_parameter(CParameter::CompressionLevel(level)).unwrap();
+fn comp<'a>(
+    cctx: &mut CCtx<'a>,
+    level: i32,
+    img: &'a [u8],
+    at: usize,
+    len: usize,
+    w: usize,
+    out: &mut Vec<u8>,
+) -> usize {
+    cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .unwrap();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .unwrap();
     cctx.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
-    cctx.set_parameter(CParameter::ContentSizeFlag(true)).unwrap();
+    cctx.set_parameter(CParameter::ContentSizeFlag(true))
+        .unwrap();
     let start = at.saturating_sub(w);
     if w > 0 {
         let wl = (usize::BITS - (w + len).leading_zeros()) as u32;
-        cctx.set_parameter(CParameter::WindowLog(wl.max(10))).unwrap();
+        cctx.set_parameter(CParameter::WindowLog(wl.max(10)))
+            .unwrap();
         cctx.ref_prefix(&img[start..at]).unwrap();
     }
     out.clear();
@@ -37,18 +49,34 @@ fn main() {
     let v2 = std::fs::read(&a[2]).unwrap();
     let slice: usize = a[3].parse::<usize>().unwrap() << 20;
     let levels: Vec<i32> = a[4].split(',').map(|s| s.parse().unwrap()).collect();
-    let avgs: Vec<u32> = a[5].split(',').map(|s| s.parse::<u32>().unwrap() << 10).collect();
-    let ws: Vec<usize> = a[6].split(',').map(|s| s.parse::<usize>().unwrap() << 10).collect();
+    let avgs: Vec<u32> = a[5]
+        .split(',')
+        .map(|s| s.parse::<u32>().unwrap() << 10)
+        .collect();
+    let ws: Vec<usize> = a[6]
+        .split(',')
+        .map(|s| s.parse::<usize>().unwrap() << 10)
+        .collect();
     let mut cctx = CCtx::create();
     let mut out = Vec::new();
     for &avg in &avgs {
-        let p = CdcParams { min: avg / 4, avg, max: avg * 4 };
+        let p = CdcParams {
+            min: avg / 4,
+            avg,
+            max: avg * 4,
+        };
         let c1 = cut(&v1, p);
         let c2 = cut(&v2, p);
         let have: HashSet<[u8; 32]> = c1.iter().map(|c| c.2).collect();
         let missing: Vec<_> = c2.iter().filter(|c| !have.contains(&c.2)).collect();
         let raw: u64 = missing.iter().map(|c| c.1 as u64).sum();
-        println!("avg {}K: {} chunks, {} missing, {} raw missing bytes", avg >> 10, c2.len(), missing.len(), raw);
+        println!(
+            "avg {}K: {} chunks, {} missing, {} raw missing bytes",
+            avg >> 10,
+            c2.len(),
+            missing.len(),
+            raw
+        );
         for &level in &levels {
             let one = zstd::bulk::compress(&v2[..slice], level).unwrap().len();
             for &w in &ws {
@@ -61,7 +89,15 @@ fn main() {
                 let tf = t.elapsed().as_secs_f64();
                 let mut fetch = 0usize;
                 for c in &missing {
-                    fetch += comp(&mut cctx, level, &v2, c.0 as usize, c.1 as usize, w, &mut out);
+                    fetch += comp(
+                        &mut cctx,
+                        level,
+                        &v2,
+                        c.0 as usize,
+                        c.1 as usize,
+                        w,
+                        &mut out,
+                    );
                 }
                 println!(
                     "  L{level} W{}K: slice {}M full {full} / one {one} = {:.3}x ({:.1} MB/s), fetch {:.2} MB",

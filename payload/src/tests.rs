@@ -1669,7 +1669,8 @@ mod v2 {
         // Fed the image before the chunk, it decodes to the signed bytes.
         let mut fed = ChunkDecoder::for_manifest(&p.manifest).unwrap();
         fed.feed(&image[..e.image_offset as usize]);
-        fed.decode(last as u32, &e, &p.frames[last], &mut out).unwrap();
+        fed.decode(last as u32, &e, &p.frames[last], &mut out)
+            .unwrap();
         assert_eq!(out[..], image[e.image_offset as usize..]);
     }
 
