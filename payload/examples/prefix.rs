@@ -1,5 +1,16 @@
-//! Experiment: per-chunk frames that reference the preceding W bytes of the image as a zstd
-//! prefix. Prints the full size on a slice and the bytes fetched v1 -> v2.
+//! Measures version 2 frames with a prefix (each chunk's frame references the W image bytes
+//! before it as a zstd raw-content prefix) on a real image pair, to choose the chunk size, level
+//! and prefix (the figures are in `docs/payload-format.md`, "Frames, version 2").
+//!
+//! ```text
+//! cargo run --release -p ab-payload --example prefix -- OLD.img NEW.img SLICE_MIB LEVELS AVG_KIB PREFIX_KIB
+//! # e.g. ... v1.img v2.img 64 3,6 16 1024,4096
+//! ```
+//!
+//! LEVELS, AVG_KIB and PREFIX_KIB are comma-separated lists; every combination is measured. For
+//! each it prints the frames' size over the first SLICE_MIB MiB of NEW against one zstd frame of
+//! the same bytes at the same level, the compression speed, and the compressed bytes of the
+//! chunks of NEW that OLD lacks (what a device holding OLD fetches, chunk table not counted).
 use ab_payload::cdc::{CdcParams, Chunker};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -33,7 +44,7 @@ fn comp<'a>(
         .unwrap();
     let start = at.saturating_sub(w);
     if w > 0 {
-        let wl = (usize::BITS - (w + len).leading_zeros()) as u32;
+        let wl = usize::BITS - (w + len).leading_zeros();
         cctx.set_parameter(CParameter::WindowLog(wl.max(10)))
             .unwrap();
         cctx.ref_prefix(&img[start..at]).unwrap();

@@ -272,7 +272,10 @@ mod tests {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
         for len in [1usize, 100, 4096, 9999] {
             for piece in [1usize, 7, 100, 4096, 20_000] {
-                let mut w = PrefixWindow { len, buf: Vec::new() };
+                let mut w = PrefixWindow {
+                    len,
+                    buf: Vec::new(),
+                };
                 let mut fed = 0;
                 for p in data.chunks(piece) {
                     w.push(p);
