@@ -103,11 +103,17 @@ pub struct ChunkDecoder {
 struct PrefixWindow {
     len: usize,
     buf: Vec<u8>,
+    /// The context frames with a prefix are decoded with (the prefix passed per frame).
+    dctx: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl PrefixWindow {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.buf.len().saturating_sub(self.len)..]
+    /// The prefix and the context, borrowed together.
+    fn parts(&mut self) -> (&[u8], &mut zstd::zstd_safe::DCtx<'static>) {
+        (
+            &self.buf[self.buf.len().saturating_sub(self.len)..],
+            &mut self.dctx,
+        )
     }
 
     fn push(&mut self, chunk: &[u8]) {
@@ -144,9 +150,13 @@ impl ChunkDecoder {
     pub fn with_prefix(prefix_len: u32) -> std::io::Result<ChunkDecoder> {
         let mut d = ChunkDecoder::new()?;
         if prefix_len > 0 {
+            let dctx = zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::OutOfMemory, "creating a zstd context")
+            })?;
             d.prefix = Some(PrefixWindow {
                 len: prefix_len.min(super::MAX_PREFIX_LEN) as usize,
                 buf: Vec::new(),
+                dctx,
             });
         }
         Ok(d)
@@ -219,9 +229,10 @@ impl ChunkDecoder {
         }
         out.clear();
         out.reserve_exact(entry.image_len as usize);
-        let n = match &self.prefix {
+        let n = match &mut self.prefix {
             Some(p) if !p.buf.is_empty() => {
-                decompress_with_prefix(frame, p.bytes(), out).map_err(bad_frame)?
+                let (prefix, dctx) = p.parts();
+                decompress_with_prefix(dctx, frame, prefix, out).map_err(bad_frame)?
             }
             _ => self
                 .dctx
@@ -251,16 +262,18 @@ impl ChunkDecoder {
 }
 
 /// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
-/// into `out`'s spare capacity. A context per frame: zstd keeps a reference to the prefix, which
-/// changes with every chunk (creating one costs microseconds, decoding a chunk more).
-fn decompress_with_prefix(frame: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
-    use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
-    let name = |code| get_error_name(code).to_string();
-    let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
-    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
-        .map_err(name)?;
-    dctx.ref_prefix(prefix).map_err(name)?;
-    dctx.decompress(out, frame).map_err(name)
+/// into `out`'s spare capacity, reusing `dctx`. zstd reads a dictionary that starts with its
+/// dictionary magic as a zstd dictionary, not as raw content; [`super::frame_prefix`] drops that
+/// one byte on both sides so the bytes are always raw content.
+fn decompress_with_prefix(
+    dctx: &mut zstd::zstd_safe::DCtx<'static>,
+    frame: &[u8],
+    prefix: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let prefix = super::frame_prefix(prefix);
+    dctx.decompress_using_dict(out, frame, prefix)
+        .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
 }
 
 #[cfg(test)]
@@ -275,12 +288,13 @@ mod tests {
                 let mut w = PrefixWindow {
                     len,
                     buf: Vec::new(),
+                    dctx: zstd::zstd_safe::DCtx::create(),
                 };
                 let mut fed = 0;
                 for p in data.chunks(piece) {
                     w.push(p);
                     fed += p.len();
-                    assert_eq!(w.bytes(), &data[fed.saturating_sub(len)..fed]);
+                    assert_eq!(w.parts().0, &data[fed.saturating_sub(len)..fed]);
                     assert!(w.buf.len() <= 2 * len.max(piece));
                 }
             }

@@ -94,6 +94,21 @@ pub const MAX_CHUNK_COUNT: u32 = 65536;
 pub const CHUNK_ENTRY_LEN: usize = 56;
 /// Largest zstd window a frame may ask for, as a power of two (8 MiB, the largest chunk).
 pub const MAX_WINDOW_LOG: u32 = 23;
+/// The first four bytes of a zstd dictionary (little-endian 0xEC30A437).
+pub const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
+
+/// The bytes a frame with a prefix is compressed against, given the `prefix_len` image bytes
+/// before its chunk: those bytes, less the first one when they start with
+/// [`ZSTD_DICT_MAGIC`] (zstd would read them as a zstd dictionary, not raw content; the next
+/// four bytes cannot be the magic again). `docs/payload-format.md`, "Frames, version 2".
+pub fn frame_prefix(before: &[u8]) -> &[u8] {
+    if before.starts_with(&ZSTD_DICT_MAGIC) {
+        &before[1..]
+    } else {
+        before
+    }
+}
+
 /// Largest prefix a version 2 manifest may declare (`prefix_len`): the image bytes before a
 /// chunk its frame may reference. With the largest chunk it still fits the largest window.
 pub const MAX_PREFIX_LEN: u32 = 4 << 20;

@@ -1653,6 +1653,19 @@ mod v2 {
     }
 
     #[test]
+    fn an_image_starting_with_the_zstd_dictionary_magic_still_decodes_as_raw_prefix() {
+        // Every frame after the first references bytes that start at image offset 0.
+        let mut image = crate::ZSTD_DICT_MAGIC.to_vec();
+        image.extend(image_bytes(30_000));
+        let p = PayloadParts::from_image_v2(&image, &opts("testbox", "2.0"), SMALL).unwrap();
+        assert!(p.entries.len() > 2);
+        let bytes = p.assemble(&[test_key()]);
+        verify_stream(&mut &bytes[..], &trusted()).unwrap();
+        assert_eq!(crate::frame_prefix(&image[..10]), &image[1..10]);
+        assert_eq!(crate::frame_prefix(&image[1..10]), &image[1..10]);
+    }
+
+    #[test]
     fn a_frame_decoded_without_the_bytes_before_it_is_refused() {
         let unit = image_bytes(7000);
         let image: Vec<u8> = unit.iter().cycle().take(70_000).copied().collect();

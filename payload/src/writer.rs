@@ -446,7 +446,7 @@ impl PrefixLayout {
         ] {
             cctx.set_parameter(p).map_err(zerr)?;
         }
-        let prefix = &data[at.saturating_sub(self.prefix_len)..at];
+        let prefix = super::frame_prefix(&data[at.saturating_sub(self.prefix_len)..at]);
         if !prefix.is_empty() {
             cctx.ref_prefix(prefix).map_err(zerr)?;
         }
