@@ -186,6 +186,21 @@ impl ChunkDecoder {
         frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PayloadError> {
+        self.decode_unchecked(index, entry, frame, out)?;
+        check_chunk(index, entry, out)
+    }
+
+    /// [`Self::decode`] without the SHA-256 check, which the caller MUST make
+    /// ([`check_chunk`]) before using the bytes: lets a pipeline hash on other threads while
+    /// this one decodes the next frame. The bytes go into the prefix window unchecked; a frame
+    /// decoded against wrong bytes gives bytes its own check refuses.
+    pub fn decode_unchecked(
+        &mut self,
+        index: u32,
+        entry: &ChunkEntry,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PayloadError> {
         let bad_frame = |reason: String| PayloadError::BadFrame {
             index,
             offset: entry.payload_offset,
@@ -247,18 +262,23 @@ impl ChunkDecoder {
                 found: n as u64,
             });
         }
-        let found = Sha256Digest::of(out);
-        if found != entry.sha256 {
-            return Err(PayloadError::ChunkHashMismatch {
-                index,
-                offset: entry.image_offset,
-                expected: entry.sha256,
-                found,
-            });
-        }
         self.feed(out);
         Ok(())
     }
+}
+
+/// Checks decoded bytes of chunk `index` against its SHA-256 in the signed table.
+pub fn check_chunk(index: u32, entry: &ChunkEntry, bytes: &[u8]) -> Result<(), PayloadError> {
+    let found = Sha256Digest::of(bytes);
+    if found != entry.sha256 {
+        return Err(PayloadError::ChunkHashMismatch {
+            index,
+            offset: entry.image_offset,
+            expected: entry.sha256,
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// Decompresses one frame that references `prefix` (the image bytes right before its chunk),

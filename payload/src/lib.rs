@@ -43,7 +43,7 @@ mod tests;
 #[cfg(feature = "writer")]
 pub mod writer;
 
-pub use decode::{inspect_frame_header, ChunkDecoder, FrameInfo};
+pub use decode::{check_chunk, inspect_frame_header, ChunkDecoder, FrameInfo};
 pub use keys::{load_trusted, KeyError, KeyId, KeySettings, TrustedKeys};
 
 use sha2::{Digest, Sha256};

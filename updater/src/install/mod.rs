@@ -279,12 +279,34 @@ pub struct SlotWriter<'a> {
     file: &'a File,
     disk: &'a Path,
     slot: &'a Slot,
+    /// Consecutive small chunks not yet written: they go to the disk together, up to
+    /// [`WRITE_BATCH`] bytes (and always before a sync).
+    pending: std::sync::Mutex<PendingWrite>,
+}
+
+/// Chunks smaller than this are written (and advised out of the page cache) together: a write
+/// and an advice per 16 KiB chunk would start writeback in 16 KiB pieces.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Consecutive chunks gathered for one write.
+#[derive(Default)]
+struct PendingWrite {
+    /// Disk offset of the first byte.
+    at: u64,
+    /// Index of the first chunk (for errors).
+    index: u32,
+    bytes: Vec<u8>,
 }
 
 impl<'a> SlotWriter<'a> {
     /// A writer for `slot` of `disk`, opened as `file`.
     pub fn new(file: &'a File, disk: &'a Path, slot: &'a Slot) -> SlotWriter<'a> {
-        SlotWriter { file, disk, slot }
+        SlotWriter {
+            file,
+            disk,
+            slot,
+            pending: std::sync::Mutex::new(PendingWrite::default()),
+        }
     }
 
     fn io_err(&self, action: String, offset: u64) -> impl FnOnce(std::io::Error) -> InstallError {
@@ -299,7 +321,9 @@ impl<'a> SlotWriter<'a> {
         }
     }
 
-    /// Writes chunk `index` at `offset` bytes into the slot.
+    /// Writes chunk `index` at `offset` bytes into the slot. Small consecutive chunks are
+    /// gathered and written together ([`WRITE_BATCH`]): their bytes reach the disk by the next
+    /// [`Self::sync`] at the latest, and only synced bytes may be read back.
     pub fn write_chunk(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), InstallError> {
         let at = self.slot.byte_offset() + offset;
         let end = offset.checked_add(data.len() as u64);
@@ -309,10 +333,42 @@ impl<'a> SlotWriter<'a> {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "outside the slot"),
             ));
         }
+        let mut pending = self.pending.lock().expect("pending write lock");
+        if !pending.bytes.is_empty() && pending.at + pending.bytes.len() as u64 != at {
+            self.flush(&mut pending)?;
+        }
+        if pending.bytes.is_empty() && data.len() >= WRITE_BATCH {
+            // A large chunk (version 1) goes straight to the disk.
+            return self.write_out(index, at, data);
+        }
+        if pending.bytes.is_empty() {
+            pending.at = at;
+            pending.index = index;
+        }
+        pending.bytes.extend_from_slice(data);
+        if pending.bytes.len() >= WRITE_BATCH {
+            self.flush(&mut pending)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the chunks gathered so far (not synced).
+    pub fn write_pending(&self) -> Result<(), InstallError> {
+        self.flush(&mut self.pending.lock().expect("pending write lock"))
+    }
+
+    /// Writes the gathered chunks.
+    fn flush(&self, pending: &mut PendingWrite) -> Result<(), InstallError> {
+        let result = self.write_out(pending.index, pending.at, &pending.bytes);
+        pending.bytes.clear();
+        result
+    }
+
+    fn write_out(&self, index: u32, at: u64, data: &[u8]) -> Result<(), InstallError> {
         self.file
             .write_all_at(data, at)
             .map_err(self.io_err(format!("writing chunk {index} to"), at))?;
-        // Start writing the chunk out now (DONTNEED on dirty pages starts asynchronous
+        // Start writing the bytes out now (DONTNEED on dirty pages starts asynchronous
         // writeback), so the device works while later chunks decode and the final fsync only
         // waits for the tail; it also keeps the page cache from filling with the image.
         self.advise_dontneed(at, data.len() as u64);
@@ -331,6 +387,7 @@ impl<'a> SlotWriter<'a> {
 
     /// Flushes written data to the device.
     pub fn sync(&self) -> Result<(), InstallError> {
+        self.flush(&mut self.pending.lock().expect("pending write lock"))?;
         self.file
             .sync_data()
             .map_err(self.io_err("syncing".into(), self.slot.byte_offset()))
@@ -353,11 +410,27 @@ impl<'a> SlotWriter<'a> {
         entry: &payload::ChunkEntry,
         buf: &mut Vec<u8>,
     ) -> Result<ReadPath, InstallError> {
-        let at = self.slot.byte_offset() + entry.image_offset;
-        let len = entry.image_len as usize;
+        self.read_back_run(direct, index, std::slice::from_ref(entry), buf)
+    }
+
+    /// [`Self::read_back_chunk`] for consecutive chunks `first..` (`run`, adjacent in the
+    /// image) in one read: small chunks (version 2) read back one by one would cost one
+    /// device round trip each.
+    pub fn read_back_run(
+        &self,
+        direct: Option<&File>,
+        first: u32,
+        run: &[payload::ChunkEntry],
+        buf: &mut Vec<u8>,
+    ) -> Result<ReadPath, InstallError> {
+        let (Some(head), Some(tail)) = (run.first(), run.last()) else {
+            return Ok(ReadPath::Buffered);
+        };
+        let at = self.slot.byte_offset() + head.image_offset;
+        let len = (tail.image_offset + u64::from(tail.image_len) - head.image_offset) as usize;
         let slot_start = self.slot.byte_offset();
         let slot_end = slot_start + self.slot.byte_len();
-        let err = || self.io_err(format!("reading back chunk {index} from"), at);
+        let err = || self.io_err(format!("reading back chunk {first} from"), at);
         let window = |align: u64| {
             let lo = at - at % align;
             let hi = (at + len as u64).div_ceil(align) * align;
@@ -379,15 +452,18 @@ impl<'a> SlotWriter<'a> {
                 (&buf[..len], ReadPath::Buffered)
             }
         };
-        let found = Sha256Digest::of(data);
-        if found != entry.sha256 {
-            return Err(InstallError::ReadBackMismatch {
-                slot: self.slot.label.clone(),
-                index,
-                offset: entry.image_offset,
-                expected: entry.sha256,
-                found,
-            });
+        for (k, entry) in run.iter().enumerate() {
+            let from = (entry.image_offset - head.image_offset) as usize;
+            let found = Sha256Digest::of(&data[from..from + entry.image_len as usize]);
+            if found != entry.sha256 {
+                return Err(InstallError::ReadBackMismatch {
+                    slot: self.slot.label.clone(),
+                    index: first + k as u32,
+                    offset: entry.image_offset,
+                    expected: entry.sha256,
+                    found,
+                });
+            }
         }
         Ok(path)
     }
@@ -413,6 +489,9 @@ impl<'a> SlotWriter<'a> {
         Ok(())
     }
 }
+
+/// Most bytes the read-back beside the stream reads in one request (consecutive chunks).
+const READ_BACK_RUN: u64 = 1 << 20;
 
 /// Stage 1 of an install: every check passed and nothing written. It holds the updater lock
 /// (taken before the GPT is read, so the slots it judged are the slots it writes), the
@@ -707,10 +786,12 @@ impl InstallPlan {
         let delta_plan = match m.cdc {
             Some(params) if (start as usize) < entries.len() => {
                 progress.phase("indexing", 0);
-                let index = delta::LocalIndex::build(
-                    delta::SlotReader::new(&file, self.booted.byte_offset()),
+                let index = delta::LocalIndex::build_slot(
+                    &file,
+                    self.booted.byte_offset(),
                     self.booted.byte_len(),
                     params,
+                    self.opts.threads,
                 )
                 .map_err(|source| InstallError::SlotIo {
                     action: "indexing".into(),
@@ -765,12 +846,43 @@ impl InstallPlan {
         let opts = &self.opts;
         let (streamed, read_back) = std::thread::scope(|s| {
             let verifier = s.spawn(|| -> Result<(), InstallError> {
+                let written_rx = written_rx;
                 let mut buf = Vec::new();
-                for i in written_rx {
+                // Indices arrive in order, a checkpoint's worth at a time: consecutive ones are
+                // read back together, up to READ_BACK_RUN bytes.
+                let mut run: Option<(u32, u32, u64)> = None; // (first, end, bytes)
+                let flush = |run: (u32, u32, u64), buf: &mut Vec<u8>| {
+                    let (first, end, _) = run;
+                    let entries = &entries[first as usize..end as usize];
+                    writer.read_back_run(direct.as_ref(), first, entries, buf)
+                };
+                loop {
+                    let next = match run {
+                        Some(_) => written_rx.try_recv().ok(),
+                        None => written_rx.recv().ok(),
+                    };
                     if abort.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    writer.read_back_chunk(direct.as_ref(), i, &entries[i as usize], &mut buf)?;
+                    let Some(i) = next else {
+                        // Nothing more right now (or ever): read back what is gathered.
+                        match run.take() {
+                            Some(r) => flush(r, &mut buf)?,
+                            None => break,
+                        };
+                        continue;
+                    };
+                    let len = u64::from(entries[i as usize].image_len);
+                    run = match run {
+                        Some((first, end, bytes)) if end == i && bytes + len <= READ_BACK_RUN => {
+                            Some((first, i + 1, bytes + len))
+                        }
+                        Some(r) => {
+                            flush(r, &mut buf)?;
+                            Some((i, i + 1, len))
+                        }
+                        None => Some((i, i + 1, len)),
+                    };
                 }
                 Ok(())
             });
@@ -904,6 +1016,9 @@ impl InstallPlan {
             });
             drop(written_tx);
             if streamed.is_err() {
+                // Chunks gathered for writing are verified: write them, so a rerun finds them
+                // in place (a failure here only costs that).
+                let _ = writer.write_pending();
                 abort.store(true, std::sync::atomic::Ordering::Relaxed);
             } else {
                 progress.phase("reading back", m.image_size);
@@ -1112,6 +1227,7 @@ mod tests {
         let (f, slot) = setup();
         let w = SlotWriter::new(f.as_file(), f.path(), &slot);
         w.write_chunk(0, 4096, &[7u8; 4096]).unwrap();
+        w.sync().unwrap();
         let all = std::fs::read(f.path()).unwrap();
         assert!(all[..8192 + 4096].iter().all(|&b| b == 0));
         assert!(all[8192 + 4096..8192 + 8192].iter().all(|&b| b == 7));
@@ -1164,6 +1280,7 @@ mod tests {
             let data = vec![i + 1; 4096 - 100 * usize::from(i)];
             w.write_chunk(u32::from(i), u64::from(i) * 4096, &data)
                 .unwrap();
+            w.sync().unwrap();
             let e = entry(u64::from(i), &data);
             assert_eq!(
                 w.read_back_chunk(Some(&direct), u32::from(i), &e, &mut buf)
@@ -1176,6 +1293,7 @@ mod tests {
         let last = 256 * 512 - 4096 + 512;
         let data = vec![9u8; 4096 - 512];
         w.write_chunk(9, last, &data).unwrap();
+        w.sync().unwrap();
         let e = payload::ChunkEntry {
             image_offset: last,
             ..entry(0, &data)
@@ -1199,6 +1317,7 @@ mod tests {
         for (i, c) in chunks.iter().enumerate() {
             w.write_chunk(i as u32, i as u64 * 4096, c).unwrap();
         }
+        w.sync().unwrap();
         w.verify(&entries).unwrap();
         f.as_file()
             .write_all_at(&[0xff], 8192 + 2 * 4096 + 100)

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Frames that reference the image bytes before them (a version 2 payload with a prefix,
-//! [`ChunkDecoder::is_sequential`]) are decoded in order by the one decoder the caller hands
-//! in, which holds that prefix; independent frames on `threads` decoders.
+//! [`ChunkDecoder::is_sequential`]) are decompressed in order by the one decoder the caller
+//! hands in, which holds that prefix, and their SHA-256 is checked on `threads` other threads
+//! (decompressing and hashing cost about the same); independent frames are decoded and checked
+//! on `threads` decoders.
 //!
 //! Memory is bounded by the pool: [`buffer_pairs`] pairs of (frame, chunk) buffers, each at
 //! most one frame bound and one chunk, within [`BUFFER_BUDGET`] whatever the image size. A chunk
@@ -32,6 +34,9 @@ pub fn buffer_pairs(chunk_size: u32, threads: usize) -> usize {
     let pair = chunk_size as usize + payload::max_frame_len(chunk_size) as usize;
     (BUFFER_BUDGET / pair).clamp(2, threads * 2 + 2)
 }
+
+/// Read buffer of the frame reader (a larger frame is read past it, straight into its buffer).
+const FRAME_READ_BUFFER: usize = 256 << 10;
 
 /// Receives each verified chunk in order: its index, table entry and bytes.
 pub type ChunkSink<'a, E> = dyn FnMut(u32, &ChunkEntry, &[u8]) -> Result<(), E> + 'a;
@@ -90,12 +95,9 @@ pub fn run<E: Send>(
     decoder: ChunkDecoder,
     sink: &mut ChunkSink<'_, E>,
 ) -> Result<(), PipelineError<E>> {
-    let threads = if decoder.is_sequential() {
-        1
-    } else {
-        threads.max(1)
-    };
-    let pairs = buffer_pairs(chunk_size, threads);
+    let threads = threads.max(1);
+    let sequential = decoder.is_sequential();
+    let pairs = buffer_pairs(chunk_size, threads + usize::from(sequential));
     let count = entries.len() as u32;
     let end_offset = entries
         .last()
@@ -108,18 +110,36 @@ pub fn run<E: Send>(
     }
     let (job_tx, job_rx) = sync_channel::<Job>(pairs);
     let (msg_tx, msg_rx) = sync_channel::<Msg>(pairs + 1);
-    let job_rx = Mutex::new(job_rx);
-    let decoders = std::iter::once(Ok(decoder))
-        .chain((1..threads).map(|_| ChunkDecoder::new()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|source| PipelineError::Read { offset: 0, source })?;
+    let mut decoders = Vec::new();
+    let mut in_order = None;
+    if sequential {
+        in_order = Some(decoder);
+    } else {
+        decoders.push(decoder);
+        for _ in 1..threads {
+            decoders.push(
+                ChunkDecoder::new().map_err(|source| PipelineError::Read { offset: 0, source })?,
+            );
+        }
+    }
 
+    // Sequential frames go from the reader to the one decompressing thread, then to the
+    // checkers; independent ones from the reader to the decoders.
+    let (checked_tx, checked_rx) = sync_channel::<Job>(pairs);
+    let checked_rx = Mutex::new(checked_rx);
+    let (job_rx, shared_job_rx) = if sequential {
+        (Some(job_rx), None)
+    } else {
+        (None, Some(Mutex::new(job_rx)))
+    };
     std::thread::scope(|s| {
-        // Reader: frames in payload order, each into a pooled buffer.
+        // Reader: frames in payload order, each into a pooled buffer; small frames (version
+        // 2) through a buffer, so each is not one read of the source.
         let reader_msgs = msg_tx.clone();
         s.spawn(move || {
+            let mut reader = std::io::BufReader::with_capacity(FRAME_READ_BUFFER, reader);
             read_frames(
-                reader,
+                &mut reader,
                 entries,
                 start,
                 end_offset,
@@ -128,16 +148,67 @@ pub fn run<E: Send>(
                 reader_msgs,
             )
         });
-        // Decoders: decompress with a capped window and verify the SHA-256.
-        for decoder in decoders {
+        if let (Some(decoder), Some(job_rx)) = (in_order, job_rx) {
+            // One thread decompresses in order (each frame needs the bytes before it), the
+            // others check SHA-256s.
             let msgs = msg_tx.clone();
-            let jobs = &job_rx;
-            s.spawn(move || decode_chunks(decoder, jobs, entries, msgs));
+            s.spawn(move || decompress_in_order(decoder, job_rx, entries, checked_tx, msgs));
+            for _ in 0..threads {
+                let msgs = msg_tx.clone();
+                let jobs = &checked_rx;
+                s.spawn(move || check_chunks(jobs, entries, msgs));
+            }
+        } else if let Some(job_rx) = &shared_job_rx {
+            // Decoders: decompress with a capped window and verify the SHA-256.
+            drop(checked_tx);
+            for decoder in decoders {
+                let msgs = msg_tx.clone();
+                s.spawn(move || decode_chunks(decoder, job_rx, entries, msgs));
+            }
         }
         drop(msg_tx);
         // Writer (this thread): in chunk order, then the end-of-stream verdict.
         write_in_order(msg_rx, pool_tx, entries, start, count, sink)
     })
+}
+
+/// Decompresses frames in chunk order with the prefix `decoder` keeps, handing each chunk on
+/// to be checked.
+fn decompress_in_order(
+    mut decoder: ChunkDecoder,
+    jobs: Receiver<Job>,
+    entries: &[ChunkEntry],
+    checked: SyncSender<Job>,
+    msgs: SyncSender<Msg>,
+) {
+    for mut job in jobs {
+        let entry = &entries[job.index as usize];
+        if let Err(e) = decoder.decode_unchecked(job.index, entry, &job.frame, &mut job.chunk) {
+            let _ = msgs.send(Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)));
+            return;
+        }
+        if checked.send(job).is_err() {
+            return;
+        }
+    }
+}
+
+/// Checks decompressed chunks against their SHA-256.
+fn check_chunks(jobs: &Mutex<Receiver<Job>>, entries: &[ChunkEntry], msgs: SyncSender<Msg>) {
+    loop {
+        let job = jobs.lock().expect("check queue lock").recv();
+        let Ok(job) = job else {
+            return;
+        };
+        let entry = &entries[job.index as usize];
+        let msg = match payload::check_chunk(job.index, entry, &job.chunk) {
+            Ok(()) => Msg::Chunk(job),
+            Err(e) => Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)),
+        };
+        if msgs.send(msg).is_err() {
+            return;
+        }
+    }
 }
 
 fn read_frames(
