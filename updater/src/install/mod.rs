@@ -23,6 +23,7 @@
 //! The booted slot is never opened for writing: [`SlotWriter`] only covers the passive slot and
 //! refuses any range outside it; every GPT write re-reads both copies (bootctl) under the lock.
 
+pub mod byteranges;
 pub mod delta;
 pub mod pipeline;
 
