@@ -237,10 +237,11 @@ fn a_delta_install_cut_off_mid_range_resumes_without_fetching_any_chunk_already_
     let dev = booted_with(&old);
     let payload = v2_payload(&new, "2.0");
     let ranges = planned_ranges(&dev, &payload);
-    // The prelude, the first range, then the second range breaks off in its last frame, after
-    // chunks written since the last checkpoint (every 16 KiB).
+    // The prelude, then the request for every range (this server answers it with one part
+    // from the first range to the end) breaks off in the last frame of the second range,
+    // after chunks written since the last checkpoint (every 16 KiB).
     let cut = ranges[1].end - 10;
-    let faults = vec![Fault::Serve, Fault::Serve, Fault::Drop { at: cut as usize }];
+    let faults = vec![Fault::Serve, Fault::Drop { at: cut as usize }];
     let server = FaultServer::start(payload.clone(), Vec::new(), faults);
     run_install(&dev, &server.url(), 1).unwrap_err();
     let first_run = server.starts().len();

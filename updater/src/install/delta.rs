@@ -21,6 +21,7 @@
 //! single-range request per coalesced range, reopened with `If-Range` after a failure) and
 //! decoded. Memory: one frame and one chunk buffer.
 
+use crate::install::byteranges::MAX_RANGES_PER_REQUEST;
 use crate::payload::cdc::{CdcParams, Chunker};
 use crate::payload::{self, ChunkDecoder, ChunkEntry, ReadError, Sha256Digest};
 use crate::source::{ResumingReader, SourceError};
@@ -203,23 +204,21 @@ pub struct Slots<'a> {
     pub resuming: bool,
 }
 
-/// Reads frames of a payload from coalesced ranges: each range is one request from the first
-/// frame needed in it; frames skipped inside a range (their chunk was local) are read past
-/// when the gap is at most [`MAX_GAP`], else the next frame starts a new request.
+/// Reads frames of a payload from coalesced ranges: a request asks for the range holding the
+/// first frame needed (from that frame on) and the ranges after it, up to
+/// [`MAX_RANGES_PER_REQUEST`] ([`ResumingReader::seek_ranges`]: one multi-range request where
+/// the server answers them, one request per range otherwise). Bytes up to the next frame needed
+/// (frames whose chunk turned out local, the rest of a range) are read past when they are at
+/// most [`MAX_GAP`], else that frame starts a new request.
 pub struct Fetcher<'a> {
     reader: &'a mut ResumingReader,
     ranges: &'a [Range<u64>],
-    open_end: Option<u64>,
 }
 
 impl<'a> Fetcher<'a> {
     /// A fetcher of frames within `ranges` (frames outside them are fetched alone).
     pub fn new(reader: &'a mut ResumingReader, ranges: &'a [Range<u64>]) -> Fetcher<'a> {
-        Fetcher {
-            reader,
-            ranges,
-            open_end: None,
-        }
+        Fetcher { reader, ranges }
     }
 
     /// Reads the frame of chunk `index` into `buf`.
@@ -230,30 +229,33 @@ impl<'a> Fetcher<'a> {
         buf: &mut Vec<u8>,
     ) -> Result<(), ReadError> {
         let want = e.payload_offset..e.payload_offset + u64::from(e.frame_len);
-        let at = self.reader.offset();
-        let in_open = self
-            .open_end
-            .is_some_and(|end| at <= want.start && want.end <= end && want.start - at <= MAX_GAP);
-        if in_open {
-            let gap = want.start - at;
-            let skipped = std::io::copy(&mut (&mut *self.reader).take(gap), &mut std::io::sink())
-                .map_err(ReadError::Io)?;
-            if skipped != gap {
-                return Err(ReadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("range ended at offset {}", at + skipped),
-                )));
+        match self.reader.reach(&want) {
+            Some(gap) if gap <= MAX_GAP => {
+                let at = self.reader.offset();
+                let skipped =
+                    std::io::copy(&mut (&mut *self.reader).take(gap), &mut std::io::sink())
+                        .map_err(ReadError::Io)?;
+                if skipped != gap {
+                    return Err(ReadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("range ended {skipped} bytes after offset {at}"),
+                    )));
+                }
             }
-        } else {
-            let i = self.ranges.partition_point(|r| r.end <= want.start);
-            let end = match self.ranges.get(i) {
-                Some(r) if r.start <= want.start && want.end <= r.end => r.end,
-                _ => want.end,
-            };
-            self.reader
-                .seek_range(want.start..end)
+            _ => {
+                let i = self.ranges.partition_point(|r| r.end <= want.start);
+                match self.ranges.get(i) {
+                    Some(r) if r.start <= want.start && want.end <= r.end => {
+                        let batch: Vec<Range<u64>> = std::iter::once(want.start..r.end)
+                            .chain(self.ranges[i + 1..].iter().cloned())
+                            .take(MAX_RANGES_PER_REQUEST)
+                            .collect();
+                        self.reader.seek_ranges(&batch)
+                    }
+                    _ => self.reader.seek_range(want.clone()),
+                }
                 .map_err(ReadError::Io)?;
-            self.open_end = Some(end);
+            }
         }
         payload::read_frame(self.reader, index, e, buf)
     }
