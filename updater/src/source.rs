@@ -38,9 +38,9 @@
 //! assert_eq!(s, "456789");
 //! ```
 
-use std::fs::File;
 use crate::install::byteranges::{self, ByterangesReader};
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -844,9 +844,10 @@ impl ResumingReader {
             let started = Instant::now();
             let opened = match self.end {
                 None => self.source.open_at(self.offset).map(|s| (s, 1)),
-                Some(end) if self.queue.is_empty() => {
-                    self.source.open_range(self.offset, Some(end)).map(|s| (s, 1))
-                }
+                Some(end) if self.queue.is_empty() => self
+                    .source
+                    .open_range(self.offset, Some(end))
+                    .map(|s| (s, 1)),
                 Some(end) => {
                     let ranges: Vec<Range<u64>> = std::iter::once(self.offset..end)
                         .chain(self.queue.iter().cloned())

@@ -192,9 +192,8 @@ pub fn boundary(content_type: &str) -> Result<String, ByterangesError> {
         let ok = !v.is_empty()
             && v.len() <= MAX_BOUNDARY
             && !v.ends_with(' ')
-            && v.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b" '()+_,-./:=?".contains(&b)
-            });
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" '()+_,-./:=?".contains(&b));
         return if ok { Ok(v.to_owned()) } else { Err(bad()) };
     }
     Err(bad())
@@ -561,10 +560,7 @@ mod tests {
         b
     }
 
-    fn read_all(
-        body: &[u8],
-        asked: &[Range<u64>],
-    ) -> Result<Vec<u8>, io::Error> {
+    fn read_all(body: &[u8], asked: &[Range<u64>]) -> Result<Vec<u8>, io::Error> {
         // A small buffer, so lines and parts straddle refills.
         let r = io::BufReader::with_capacity(7, body);
         let mut out = Vec::new();
@@ -621,7 +617,9 @@ mod tests {
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, concat(&asked));
         // One that does not reach the last asked range is refused.
-        let e = ByterangesReader::single(&data[..], 0..35, &asked).err().unwrap();
+        let e = ByterangesReader::single(&data[..], 0..35, &asked)
+            .err()
+            .unwrap();
         assert_eq!(
             e.to_string(),
             "multipart answer: part 1 is bytes 0-34, expected a part starting at 10 and ending at the end of an asked range (next asked: bytes 10-19)"
@@ -640,7 +638,11 @@ mod tests {
             .map(|i| u64::MAX / 2 + i * 1000..u64::MAX / 2 + i * 1000 + 5)
             .collect();
         let (v, n) = range_header(&huge);
-        assert!(v.len() <= MAX_RANGE_HEADER && n < 32 && n > 0, "{n} {}", v.len());
+        assert!(
+            v.len() <= MAX_RANGE_HEADER && n < 32 && n > 0,
+            "{n} {}",
+            v.len()
+        );
     }
 
     /// Hostile answers, each a small change of a good one, with the exact error.
@@ -738,7 +740,10 @@ mod tests {
             ),
             (
                 "too many header lines",
-                format!("--B0\r\n{}{part}{data}", "X-A: 1\r\n".repeat(MAX_PART_HEADERS)),
+                format!(
+                    "--B0\r\n{}{part}{data}",
+                    "X-A: 1\r\n".repeat(MAX_PART_HEADERS)
+                ),
                 "multipart answer: part 1 has more than 16 header lines".to_owned(),
             ),
             (
@@ -760,7 +765,10 @@ mod tests {
             "multipart/byteranges",
             "multipart/byteranges; boundary=",
             "multipart/byteranges; boundary=a\u{7f}b",
-            &format!("multipart/byteranges; boundary={}", "b".repeat(MAX_BOUNDARY + 1)),
+            &format!(
+                "multipart/byteranges; boundary={}",
+                "b".repeat(MAX_BOUNDARY + 1)
+            ),
         ] {
             assert!(
                 matches!(boundary(ct), Err(ByterangesError::Boundary(_))),
@@ -832,7 +840,11 @@ mod tests {
                 // (the frame's SHA-256 catches it); anything else is refused.
                 assert_eq!(out.len(), want.len());
                 let diff = out.iter().zip(&want).filter(|(a, b)| a != b).count();
-                assert!(diff <= 1, "{diff} bytes differ: {:?}", String::from_utf8_lossy(&b));
+                assert!(
+                    diff <= 1,
+                    "{diff} bytes differ: {:?}",
+                    String::from_utf8_lossy(&b)
+                );
             }
         }
     }

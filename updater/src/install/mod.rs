@@ -102,6 +102,9 @@ pub struct InstallReport {
     pub bytes_fetched: u64,
     /// Image bytes copied from the booted slot, each chunk checked against its SHA-256.
     pub bytes_reused: u64,
+    /// Image bytes copied from the target slot (an older release it still held), each chunk
+    /// read before anything overwrote it and checked against its SHA-256.
+    pub bytes_reused_from_target: u64,
     /// Image bytes found already written in the target slot by an interrupted run.
     pub bytes_in_place: u64,
     /// Chunks of the booted slot that no longer matched their SHA-256 and were fetched.
@@ -252,8 +255,8 @@ pub trait Progress {
     /// Bytes done within the current phase.
     fn advance(&mut self, done: u64);
     /// A delta plan was made: payload bytes to fetch, image bytes to copy from the booted
-    /// slot (reported once, before `writing`).
-    fn delta(&mut self, _fetch_bytes: u64, _reuse_bytes: u64) {}
+    /// slot and from the target slot (reported once, before `writing`).
+    fn delta(&mut self, _fetch_bytes: u64, _reuse_bytes: u64, _reuse_target_bytes: u64) {}
 }
 
 /// Progress that goes nowhere.
@@ -694,12 +697,35 @@ impl InstallPlan {
                     offset: self.booted.byte_offset(),
                     source,
                 })?;
-                let p = delta::plan(entries, start as usize, &index);
+                let mut p = delta::plan(entries, start as usize, &index);
+                // The target slot often still holds an older release: chunks the booted slot
+                // lacks may be there, at or after where they go (delta::target_source_is_safe).
+                if !p.ranges.is_empty() {
+                    let target_index = delta::LocalIndex::build_keeping_last(
+                        delta::SlotReader::new(&file, self.target.byte_offset()),
+                        self.target.byte_len(),
+                        params,
+                    )
+                    .map_err(|source| InstallError::SlotIo {
+                        action: "indexing".into(),
+                        slot: self.target.label.clone(),
+                        disk: device.disk.clone(),
+                        offset: self.target.byte_offset(),
+                        source,
+                    })?;
+                    p = delta::plan_with_target(
+                        entries,
+                        start as usize,
+                        &index,
+                        Some(&target_index),
+                    );
+                }
                 log::info!(
-                    "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse{}",
+                    "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse from the booted slot, {} from the target slot{}",
                     p.fetch_bytes,
                     p.ranges.len(),
                     p.reuse_bytes,
+                    p.reuse_target_bytes,
                     if p.full_download {
                         "; a full download is cheaper"
                     } else {
@@ -707,7 +733,7 @@ impl InstallPlan {
                     }
                 );
                 if !p.full_download {
-                    progress.delta(p.fetch_bytes, p.reuse_bytes);
+                    progress.delta(p.fetch_bytes, p.reuse_bytes, p.reuse_target_bytes);
                 }
                 Some(p).filter(|p| !p.full_download)
             }
@@ -955,6 +981,7 @@ impl WrittenSlot {
             delta: self.delta,
             bytes_fetched: self.bytes_fetched,
             bytes_reused: self.stats.reused_bytes,
+            bytes_reused_from_target: self.stats.reused_from_target_bytes,
             bytes_in_place: self.stats.in_place_bytes,
             damaged_local_chunks: self.stats.damaged_local_chunks,
             ranges_ignored: self.stats.ranges_ignored,
