@@ -144,7 +144,8 @@ pub struct DeltaPlan {
     pub fetch_bytes: u64,
     /// Image bytes copied from the booted slot.
     pub reuse_bytes: u64,
-    /// Image bytes copied from the target slot.
+    /// Image bytes taken from the target slot (copied from elsewhere in it, or already in
+    /// place).
     pub reuse_target_bytes: u64,
     /// Whether streaming the whole payload is cheaper than the ranges.
     pub full_download: bool,
@@ -237,11 +238,12 @@ impl Read for SlotReader<'_> {
 pub struct DeltaStats {
     /// Image bytes copied from the booted slot after their SHA-256 matched.
     pub reused_bytes: u64,
-    /// Image bytes copied from the target slot (an older release still there) after their
-    /// SHA-256 matched.
-    pub reused_from_target_bytes: u64,
-    /// Image bytes found already in place in the target slot (a resumed install).
+    /// Image bytes found already in place in the target slot (written by an interrupted run,
+    /// or the same bytes at the same offset in the release the slot held), not written again.
     pub in_place_bytes: u64,
+    /// Image bytes copied from elsewhere in the target slot (an older release still there)
+    /// after their SHA-256 matched.
+    pub reused_from_target_bytes: u64,
     /// Local chunks whose bytes no longer matched their hash, fetched instead.
     pub damaged_local_chunks: u32,
     /// The server answered a range request with the whole payload, which was then streamed.
@@ -407,11 +409,17 @@ pub fn apply<E>(
         written_end = e.image_offset + u64::from(e.image_len);
         if let Some(((file, base), at, which)) = local {
             if read_checked(file, base, at, e, &mut chunk).map_err(local_err(base + at))? {
+                let len = u64::from(e.image_len);
                 match plan.sources[i] {
-                    Some(LocalChunk::Target(_)) => {
-                        stats.reused_from_target_bytes += u64::from(e.image_len)
+                    // Already where it goes (an interrupted run wrote it, or the older
+                    // release has it there too): nothing to write.
+                    Some(LocalChunk::Target(at)) if at == e.image_offset => {
+                        stats.in_place_bytes += len;
+                        sink(index, e, None).map_err(ApplyError::Sink)?;
+                        continue;
                     }
-                    _ => stats.reused_bytes += u64::from(e.image_len),
+                    Some(LocalChunk::Target(_)) => stats.reused_from_target_bytes += len,
+                    _ => stats.reused_bytes += len,
                 }
                 sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
                 continue;
@@ -707,8 +715,9 @@ mod target_tests {
         let mut stats = DeltaStats::default();
         let file = disk.as_file();
         let mut sink = |_: u32, e: &ChunkEntry, data: Option<&[u8]>| -> Result<(), ()> {
-            file.write_all_at(data.unwrap(), target_at + e.image_offset)
-                .unwrap();
+            if let Some(data) = data {
+                file.write_all_at(data, target_at + e.image_offset).unwrap();
+            }
             Ok(())
         };
         let applied = apply(entries, 0, p, &slots, &mut reader, &mut stats, &mut sink).unwrap();
@@ -728,7 +737,10 @@ mod target_tests {
         assert!(p.reuse_target_bytes > 30_000, "{p:?}");
         let (slot, stats) = apply_into_target(&old, &new, &p, &entries, &payload);
         assert!(slot == new);
-        assert_eq!(stats.reused_from_target_bytes, p.reuse_target_bytes);
+        assert_eq!(
+            stats.reused_from_target_bytes + stats.in_place_bytes,
+            p.reuse_target_bytes
+        );
         assert_eq!(stats.damaged_local_chunks, 0);
     }
 

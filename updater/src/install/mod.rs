@@ -102,10 +102,11 @@ pub struct InstallReport {
     pub bytes_fetched: u64,
     /// Image bytes copied from the booted slot, each chunk checked against its SHA-256.
     pub bytes_reused: u64,
-    /// Image bytes copied from the target slot (an older release it still held), each chunk
-    /// read before anything overwrote it and checked against its SHA-256.
+    /// Image bytes copied from elsewhere in the target slot (an older release it still held),
+    /// each chunk read before anything overwrote it and checked against its SHA-256.
     pub bytes_reused_from_target: u64,
-    /// Image bytes found already written in the target slot by an interrupted run.
+    /// Image bytes found already in place in the target slot (written by an interrupted run,
+    /// or the same at the same offset in the release it held), not written again.
     pub bytes_in_place: u64,
     /// Chunks of the booted slot that no longer matched their SHA-256 and were fetched.
     pub damaged_local_chunks: u32,
