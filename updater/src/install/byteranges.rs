@@ -598,12 +598,12 @@ mod tests {
             "B0"
         );
         assert_eq!(boundary("Multipart/ByteRanges;BOUNDARY=B0").unwrap(), "B0");
-        let asked = [5..8];
+        let asked = std::slice::from_ref(&(5..8));
         let b = b"This is a preamble.\r\n--B0\r\nContent-Range: bytes 5-7/1000\r\n\r\n\x05\x06\x07\r\n--B0--\r\n";
-        assert_eq!(read_all(b, &asked).unwrap(), vec![5, 6, 7]);
+        assert_eq!(read_all(b, asked).unwrap(), vec![5, 6, 7]);
         let b = b"--B0\r\nContent-Range: bytes 5-7/1000\r\n\r\n\x05\x06\x07\n--B0--\r\n";
         assert_eq!(
-            err(b, &asked),
+            err(b, asked),
             "multipart answer: a boundary line ends in LF, not CRLF"
         );
     }
@@ -713,7 +713,7 @@ mod tests {
 
     #[test]
     fn refuses_malformed_framing() {
-        let asked = [0..10];
+        let asked = std::slice::from_ref(&(0..10));
         let part = "Content-Range: bytes 0-9/1000\r\n\r\n";
         let data = String::from_utf8(bytes(0..10)).unwrap();
         for (name, b, error) in [
@@ -758,7 +758,7 @@ mod tests {
             } else {
                 b
             };
-            assert_eq!(err(b.as_bytes(), &asked), error, "{name}");
+            assert_eq!(err(b.as_bytes(), asked), error, "{name}");
         }
         for ct in [
             "multipart/mixed; boundary=B0",
