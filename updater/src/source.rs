@@ -15,7 +15,11 @@
 //!   cut off. Both count only time spent waiting for the source (reads, reconnects, waits
 //!   between them), never the time the consumer spends writing what it read;
 //! - permanent failures (HTTP 4xx, a server that ignores ranges, a refused redirect, a payload
-//!   that changed on the server) are not retried.
+//!   that changed on the server, a malformed multi-range answer) are not retried.
+//!
+//! [`ResumingReader::seek_ranges`] reads several ranges as one stream; [`HttpSource`] asks for
+//! them in one request where the server answers multi-range requests (parsed by
+//! [`crate::install::byteranges`]), one range per request where it does not.
 //!
 //! [`HttpSource`] remembers the `ETag` (else the `Last-Modified` date) and the length of its
 //! first response and sends it as `If-Range` when it resumes. A payload replaced on the server
@@ -208,7 +212,9 @@ pub trait Source: Send {
     /// Human-readable name (path or URL) for messages.
     fn describe(&self) -> String;
     /// Opens a stream at `offset`. Errors whose inner error is a [`SourceError::HttpStatus`]
-    /// of 4xx or any other [`SourceError`] are permanent; others are transient.
+    /// of 4xx, any other [`SourceError`] or a
+    /// [`ByterangesError`](crate::install::byteranges::ByterangesError) are permanent; others
+    /// are transient.
     fn open_at(&mut self, offset: u64) -> io::Result<Stream>;
     /// Opens a stream of the bytes `offset..end` (`end` = `None`: to the end of the payload).
     /// The stream may go on past `end` (sources that cannot bound it): the reader stops there.
@@ -1147,6 +1153,79 @@ mod tests {
             io::ErrorKind::NotFound,
             "gone"
         )));
+    }
+
+    /// A 1000-byte source (byte `i` is `i % 251`) that delivers two ranges per
+    /// `open_ranges`, and logs each open as the ranges it was asked for.
+    struct TwoAtATime(Arc<Mutex<Vec<Vec<Range<u64>>>>>);
+
+    fn byte_at(i: u64) -> u8 {
+        (i % 251) as u8
+    }
+
+    impl Source for TwoAtATime {
+        fn describe(&self) -> String {
+            "two at a time".into()
+        }
+        fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+            self.open_ranges(&[offset..1000]).map(|(s, _)| s)
+        }
+        fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
+            self.open_ranges(&[offset..end.unwrap_or(1000)])
+                .map(|(s, _)| s)
+        }
+        fn open_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+            self.0.lock().unwrap().push(ranges.to_vec());
+            let n = ranges.len().min(2);
+            let bytes: Vec<u8> = ranges[..n]
+                .iter()
+                .flat_map(|r| r.clone().map(byte_at))
+                .collect();
+            Ok((Box::new(io::Cursor::new(bytes)), n))
+        }
+        fn total_len(&self) -> Option<u64> {
+            Some(1000)
+        }
+    }
+
+    #[test]
+    fn several_ranges_read_as_one_stream_with_offsets_jumping_between_them() {
+        let opens = Arc::new(Mutex::new(Vec::new()));
+        let mut r = ResumingReader::new(
+            Box::new(TwoAtATime(opens.clone())),
+            0,
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        let ranges = [10..20, 30..40, 50..60, 900..905];
+        r.seek_ranges(&ranges).unwrap();
+        assert_eq!(r.reach(&(12..15)), Some(2));
+        assert_eq!(r.reach(&(50..60)), Some(10 + 10 + 0));
+        assert_eq!(r.reach(&(55..61)), None, "not within one range");
+        assert_eq!(r.reach(&(0..5)), None, "behind");
+        let mut got = Vec::new();
+        let mut offsets = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            offsets.push(r.offset());
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let want: Vec<u8> = ranges.iter().flat_map(|r| r.clone().map(byte_at)).collect();
+        assert_eq!(got, want);
+        // No read crosses from one range into the next (the read at 17 gives 3 bytes); the
+        // offset jumps to the next range when a read starts there.
+        assert_eq!(offsets, [10, 17, 20, 37, 40, 57, 60, 905]);
+        // The first open: the reader's own; then two ranges per request.
+        let opens = opens.lock().unwrap();
+        assert_eq!(
+            opens[1..],
+            [ranges.to_vec(), ranges[2..].to_vec()],
+            "{opens:?}"
+        );
     }
 
     /// A source whose opens always fail with a reset connection.
