@@ -375,6 +375,16 @@ fn scattered_pair() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
+/// A device booted with the old image of [`scattered_pair`], the new image, its payload, and
+/// the ranges the device plans to fetch.
+fn scattered_setup() -> (Device, Vec<u8>, Vec<u8>, Vec<std::ops::Range<u64>>) {
+    let (old, new) = scattered_pair();
+    let dev = booted_with(&old);
+    let payload = v2_payload(&new, "2.0");
+    let ranges = planned_ranges(&dev, &payload);
+    (dev, new, payload, ranges)
+}
+
 /// The request lines of nginx's access log.
 fn access_log(nginx: &Nginx) -> Vec<String> {
     nginx.requests().lines().map(str::to_owned).collect()
@@ -382,10 +392,7 @@ fn access_log(nginx: &Nginx) -> Vec<String> {
 
 #[test]
 fn a_delta_from_nginx_asks_for_many_ranges_in_one_request() {
-    let (old, new) = scattered_pair();
-    let dev = booted_with(&old);
-    let payload = v2_payload(&new, "2.0");
-    let ranges = planned_ranges(&dev, &payload);
+    let (dev, new, payload, ranges) = scattered_setup();
     assert!(ranges.len() >= 8, "{ranges:?}");
     let (nginx, _dir) = nginx_with(&payload);
     let report = json_install(&dev, &nginx.url("p"));
@@ -432,10 +439,7 @@ fn a_server_without_multi_range_support_gets_one_range_per_request_and_the_same_
 
 #[test]
 fn a_200_to_a_multi_range_request_is_remembered_and_later_requests_ask_one_range_each() {
-    let (old, new) = scattered_pair();
-    let dev = booted_with(&old);
-    let payload = v2_payload(&new, "2.0");
-    let ranges = planned_ranges(&dev, &payload);
+    let (dev, new, payload, ranges) = scattered_setup();
     let server = RangeServer::start(payload.clone(), Vec::new(), Multi::Whole);
     let report = run_install(&dev, &server.url(), 1).unwrap();
     assert!(report.delta && !report.ranges_ignored, "{report:?}");
@@ -455,10 +459,7 @@ fn a_200_to_a_multi_range_request_is_remembered_and_later_requests_ask_one_range
 
 #[test]
 fn a_server_that_coalesces_the_ranges_into_one_part_is_read_as_one_range() {
-    let (old, new) = scattered_pair();
-    let dev = booted_with(&old);
-    let payload = v2_payload(&new, "2.0");
-    let ranges = planned_ranges(&dev, &payload);
+    let (dev, new, payload, ranges) = scattered_setup();
     let server = RangeServer::start(payload.clone(), Vec::new(), Multi::Coalesce);
     let report = run_install(&dev, &server.url(), 1).unwrap();
     assert!(report.delta && !report.ranges_ignored, "{report:?}");
@@ -470,11 +471,8 @@ fn a_server_that_coalesces_the_ranges_into_one_part_is_read_as_one_range() {
 
 #[test]
 fn a_multipart_answer_with_a_part_not_asked_for_is_refused_and_the_slot_never_flips() {
-    let (old, new) = scattered_pair();
-    let dev = booted_with(&old);
+    let (dev, _, payload, ranges) = scattered_setup();
     let a_before = dev.slot_bytes(&SlotId::A);
-    let payload = v2_payload(&new, "2.0");
-    let ranges = planned_ranges(&dev, &payload);
     let server = RangeServer::start(payload, Vec::new(), Multi::WrongSecondPart);
     let out = dev.updater(&["install", &server.url()]);
     assert_eq!(out.status.code(), Some(1));
@@ -506,10 +504,7 @@ fn a_multipart_answer_with_a_part_not_asked_for_is_refused_and_the_slot_never_fl
 
 #[test]
 fn a_connection_cut_mid_multipart_asks_again_for_the_ranges_not_yet_read() {
-    let (old, new) = scattered_pair();
-    let dev = booted_with(&old);
-    let payload = v2_payload(&new, "2.0");
-    let ranges = planned_ranges(&dev, &payload);
+    let (dev, new, payload, ranges) = scattered_setup();
     // Cut in the fourth range's bytes.
     let cut = (ranges[..3].iter().map(|r| r.end - r.start).sum::<u64>() + 400) as usize + 300;
     let server = RangeServer::start(payload, vec![Multi::CutAfter(cut)], Multi::Parts);

@@ -686,34 +686,27 @@ impl InstallPlan {
         let delta_plan = match m.cdc {
             Some(params) if (start as usize) < entries.len() => {
                 progress.phase("indexing", 0);
-                let index = delta::LocalIndex::build(
-                    delta::SlotReader::new(&file, self.booted.byte_offset()),
-                    self.booted.byte_len(),
-                    params,
-                )
-                .map_err(|source| InstallError::SlotIo {
-                    action: "indexing".into(),
-                    slot: self.booted.label.clone(),
-                    disk: device.disk.clone(),
-                    offset: self.booted.byte_offset(),
-                    source,
-                })?;
+                let index_of = |slot: &Slot, keep_last: bool| {
+                    let reader = delta::SlotReader::new(&file, slot.byte_offset());
+                    let built = if keep_last {
+                        delta::LocalIndex::build_keeping_last(reader, slot.byte_len(), params)
+                    } else {
+                        delta::LocalIndex::build(reader, slot.byte_len(), params)
+                    };
+                    built.map_err(|source| InstallError::SlotIo {
+                        action: "indexing".into(),
+                        slot: slot.label.clone(),
+                        disk: device.disk.clone(),
+                        offset: slot.byte_offset(),
+                        source,
+                    })
+                };
+                let index = index_of(&self.booted, false)?;
                 let mut p = delta::plan(entries, start as usize, &index);
                 // The target slot often still holds an older release: chunks the booted slot
                 // lacks may be there, at or after where they go (delta::target_source_is_safe).
                 if !p.ranges.is_empty() {
-                    let target_index = delta::LocalIndex::build_keeping_last(
-                        delta::SlotReader::new(&file, self.target.byte_offset()),
-                        self.target.byte_len(),
-                        params,
-                    )
-                    .map_err(|source| InstallError::SlotIo {
-                        action: "indexing".into(),
-                        slot: self.target.label.clone(),
-                        disk: device.disk.clone(),
-                        offset: self.target.byte_offset(),
-                        source,
-                    })?;
+                    let target_index = index_of(&self.target, true)?;
                     p = delta::plan_with_target(
                         entries,
                         start as usize,
