@@ -568,3 +568,23 @@ fn a_target_slot_holding_an_older_release_supplies_chunks_the_booted_slot_lacks(
         "{with_older} {empty}"
     );
 }
+
+#[test]
+fn a_payload_replaced_before_a_multi_range_request_restarts_the_install_with_the_new_one() {
+    let (dev, new, payload, _) = scattered_setup();
+    let mut newer = new.clone();
+    newer[400_000..401_000].fill(0x11);
+    let other = v2_payload(&newer, "3.0");
+    // The multi-range request carries If-Range with the first payload's ETag; the server has
+    // the other one by then and answers 200 with it.
+    let server = RangeServer::with_other(payload, other, vec![Multi::SwapThenParts], Multi::Parts);
+    let report = run_install(&dev, &server.url(), 1).unwrap();
+    assert_eq!(
+        (report.version.as_str(), report.resumed_from_chunk),
+        ("3.0", 0)
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs[1].status, 200, "{reqs:?}");
+    assert_eq!(reqs[2].range, "bytes=0-", "started over: {reqs:?}");
+    assert_installed(&dev, &newer);
+}

@@ -21,6 +21,8 @@ pub(crate) enum Multi {
     WrongSecondPart,
     /// Multipart, the connection closed after this many bytes of the body.
     CutAfter(usize),
+    /// Replace the payload by the other one (new ETag) first, then answer multipart.
+    SwapThenParts,
 }
 
 /// One request as the server saw it.
@@ -37,18 +39,29 @@ pub(crate) struct RangeServer {
     log: Arc<Mutex<Vec<Logged>>>,
 }
 
-const ETAG: &str = "\"range-server-1\"";
+/// The ETag of the payload, then of the other one after a swap.
+const ETAGS: [&str; 2] = ["\"range-server-1\"", "\"range-server-2\""];
 const BOUNDARY: &str = "3d6b6a416f9b5";
 
 impl RangeServer {
     /// Serves `payload`, answering multi-range requests as `script` says one after the other,
     /// then as `then`.
     pub(crate) fn start(payload: Vec<u8>, script: Vec<Multi>, then: Multi) -> RangeServer {
+        RangeServer::with_other(payload, Vec::new(), script, then)
+    }
+
+    /// [`RangeServer::start`], with `other` served from a [`Multi::SwapThenParts`] on.
+    pub(crate) fn with_other(
+        payload: Vec<u8>,
+        other: Vec<u8>,
+        script: Vec<Multi>,
+        then: Multi,
+    ) -> RangeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
-        let payload = Arc::new(payload);
+        let payload = Arc::new(Mutex::new((payload, other, 0)));
         let reqs = log.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -91,7 +104,7 @@ fn ranges(v: &str, total: u64) -> Vec<Range<u64>> {
 
 fn answer(
     conn: TcpStream,
-    payload: &[u8],
+    served: &Mutex<(Vec<u8>, Vec<u8>, usize)>,
     script: &Mutex<Vec<Multi>>,
     then: Multi,
     log: &Mutex<Vec<Logged>>,
@@ -111,18 +124,28 @@ fn answer(
             if_range = Some(line["if-range:".len()..].trim().to_owned());
         }
     }
-    let total = payload.len() as u64;
-    let asked = ranges(&range, total);
-    let stale = if_range.is_some_and(|v| v != ETAG);
-    let mode = if asked.len() < 2 {
-        None
-    } else {
+    let mode = if range.contains(',') {
         let mut s = script.lock().unwrap();
         Some(if s.is_empty() { then } else { s.remove(0) })
+    } else {
+        None
     };
+    let (payload, etag) = {
+        let mut served = served.lock().unwrap();
+        if mode == Some(Multi::SwapThenParts) {
+            let (a, b, swaps) = &mut *served;
+            std::mem::swap(a, b);
+            *swaps += 1;
+        }
+        (served.0.clone(), ETAGS[served.2 % 2])
+    };
+    let payload = &payload[..];
+    let total = payload.len() as u64;
+    let asked = ranges(&range, total);
+    let stale = if_range.is_some_and(|v| v != etag);
     let mut conn = conn;
     let head = |status: &str, extra: String, len: usize| {
-        format!("HTTP/1.1 {status}\r\nETag: {ETAG}\r\nContent-Length: {len}\r\n{extra}Connection: close\r\n\r\n")
+        format!("HTTP/1.1 {status}\r\nETag: {etag}\r\nContent-Length: {len}\r\n{extra}Connection: close\r\n\r\n")
     };
     let whole = || {
         let h = head("200 OK", String::new(), payload.len());
@@ -136,7 +159,8 @@ fn answer(
     };
     let (status, bytes): (u16, Vec<u8>) = match mode {
         _ if stale || asked.is_empty() => whole(),
-        None => one_part(asked[0].clone()),
+        _ if asked.len() < 2 => one_part(asked[0].clone()),
+        None => unreachable!("a single range"),
         Some(Multi::Whole) => whole(),
         Some(Multi::Coalesce) => one_part(asked[0].start..asked[asked.len() - 1].end),
         Some(m) => {
