@@ -402,6 +402,12 @@ fn a_delta_from_nginx_asks_for_many_ranges_in_one_request() {
     assert_eq!(log.len(), 2, "{log:#?}");
     assert!(log[1].contains("\" 206 "), "{log:#?}");
     let fetched = report["bytes_fetched"].as_u64().unwrap();
+    eprintln!(
+        "scattered pair: {} ranges in {} requests after the prelude, fetched {fetched} of a {}-byte payload",
+        ranges.len(),
+        log.len() - 1,
+        payload.len()
+    );
     assert!(fetched * 5 < payload.len() as u64, "{report}");
     assert_installed(&dev, &new);
 }
@@ -563,6 +569,11 @@ fn a_target_slot_holding_an_older_release_supplies_chunks_the_booted_slot_lacks(
     let from_target = with_older["bytes_reused_from_target"].as_u64().unwrap();
     assert_eq!(empty["bytes_reused_from_target"], 0, "{empty}");
     let fetched = |r: &serde_json::Value| r["bytes_fetched"].as_u64().unwrap();
+    eprintln!(
+        "older release in the target slot: fetched {} bytes, {from_target} bytes copied from the target slot; with an empty target slot: fetched {}",
+        fetched(&with_older),
+        fetched(&empty)
+    );
     assert!(
         from_target >= 40_000 && fetched(&with_older) + 40_000 < fetched(&empty),
         "{with_older} {empty}"
