@@ -3,8 +3,8 @@
 # (the 4096-byte GPT seed goes through a loop device, since sgdisk assumes 512 for files).
 set -euo pipefail
 cd "$(dirname "$0")"
-rm -rf gpt payload frame config state
-mkdir -p gpt payload frame config state
+rm -rf gpt payload frame config state byteranges
+mkdir -p gpt payload frame config state byteranges
 USR=5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6
 
 # gpt: one byte picking the sector size (0: 512, 1: 4096), then a small disk image with two
@@ -48,4 +48,14 @@ printf '{"format_version":1,"payload_id":"ab","slot_partuuid":"x","version":"2.0
 printf '{"format_version":1,"versions":[{"version":"3","slot":"B","reason":"health check 10-app failed (exit 1)","check":"10-app","output":"boom\\n","at":1}]}\n' > state/failed.json
 printf '{"format_version":1,"slot":"B","version":"3","passed":false,"summary":"s","checks":[{"name":"10-app","outcome":"failed (exit 1)","passed":false,"millis":3,"output":"boom"}],"at":1}\n' > state/health.json
 printf '{"format_version":1,"slots":{"0fc63daf-8483-4772-8e79-3d69d8477de4":"1.0"}}\n' > state/versions.json
+
+# byteranges: a Content-Type line, then a multipart/byteranges body answering bytes 3-39,
+# 100-179 and 700-709 of a 1000-byte payload (the ranges the target asks for).
+{ printf 'multipart/byteranges; boundary=B0\n'
+  for r in 3-39 100-179 700-709; do
+    printf '\r\n--B0\r\nContent-Range: bytes %s/1000\r\n\r\n' "$r"
+    head -c $((${r#*-} - ${r%-*} + 1)) /dev/zero | tr '\0' x
+  done
+  printf '\r\n--B0--\r\n'; } > byteranges/three-parts
+
 echo "seeds rebuilt in $(pwd)"

@@ -15,7 +15,11 @@
 //!   cut off. Both count only time spent waiting for the source (reads, reconnects, waits
 //!   between them), never the time the consumer spends writing what it read;
 //! - permanent failures (HTTP 4xx, a server that ignores ranges, a refused redirect, a payload
-//!   that changed on the server) are not retried.
+//!   that changed on the server, a malformed multi-range answer) are not retried.
+//!
+//! [`ResumingReader::seek_ranges`] reads several ranges as one stream; [`HttpSource`] asks for
+//! them in one request where the server answers multi-range requests (parsed by
+//! [`crate::install::byteranges`]), one range per request where it does not.
 //!
 //! [`HttpSource`] remembers the `ETag` (else the `Last-Modified` date) and the length of its
 //! first response and sends it as `If-Range` when it resumes. A payload replaced on the server
@@ -38,8 +42,11 @@
 //! assert_eq!(s, "456789");
 //! ```
 
+use crate::install::byteranges::{self, ByterangesReader};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,7 +212,9 @@ pub trait Source: Send {
     /// Human-readable name (path or URL) for messages.
     fn describe(&self) -> String;
     /// Opens a stream at `offset`. Errors whose inner error is a [`SourceError::HttpStatus`]
-    /// of 4xx or any other [`SourceError`] are permanent; others are transient.
+    /// of 4xx, any other [`SourceError`] or a
+    /// [`ByterangesError`](crate::install::byteranges::ByterangesError) are permanent; others
+    /// are transient.
     fn open_at(&mut self, offset: u64) -> io::Result<Stream>;
     /// Opens a stream of the bytes `offset..end` (`end` = `None`: to the end of the payload).
     /// The stream may go on past `end` (sources that cannot bound it): the reader stops there.
@@ -213,6 +222,14 @@ pub trait Source: Send {
     fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
         let _ = end;
         self.open_at(offset)
+    }
+    /// Opens a stream of several `ranges` (non-empty, ascending, disjoint) at once where the
+    /// source can: the stream gives the bytes of the first `n` ranges one after the other,
+    /// nothing between them, and `n` (at least 1) is returned with it. By default one range
+    /// per open; HTTP asks for several in one request (see [`HttpSource`]).
+    fn open_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+        let r = &ranges[0];
+        Ok((self.open_range(r.start, Some(r.end))?, 1))
     }
     /// Total length, when known (after the first open for HTTP).
     fn total_len(&self) -> Option<u64>;
@@ -228,6 +245,9 @@ pub trait Source: Send {
 
 /// Whether an error from a source is worth retrying.
 pub fn is_transient(e: &io::Error) -> bool {
+    if byteranges::is_byteranges_error(e) {
+        return false;
+    }
     match e.get_ref().and_then(|i| i.downcast_ref::<SourceError>()) {
         Some(SourceError::HttpStatus { status, .. }) => {
             *status >= 500 || *status == 408 || *status == 429
@@ -339,11 +359,39 @@ impl Identity {
 
 /// A payload on an http(s) server that supports range requests. Proxies come from the
 /// environment (`http_proxy`, `https_proxy`, `ALL_PROXY`, `NO_PROXY`).
+///
+/// Several ranges ([`Source::open_ranges`]) are asked in one request, `Range: bytes=a-b,c-d,…`
+/// (at most [`byteranges::MAX_RANGES_PER_REQUEST`] ranges and
+/// [`byteranges::MAX_RANGE_HEADER`] bytes), with `If-Range` as for one range. The answer
+/// decides, and the source remembers for as long as it lives (the whole install):
+///
+/// - `206 multipart/byteranges`: read part by part ([`ByterangesReader`]); a part that is not
+///   what was asked is an error (not retried);
+/// - `206` with one `Content-Range` that starts at or before the first range: a server that
+///   coalesced them, read as one range past its gaps. One that stops before the last range
+///   answers the ranges it covers, and the server is taken for one without multi-range
+///   support;
+/// - `200` with the same validators (nginx with `max_ranges 1`, servers without multi-range
+///   support): the connection is dropped without reading the body, and from then on one
+///   range per request. A `200` with new validators is [`SourceError::PayloadChanged`].
 pub struct HttpSource {
     url: String,
     agent: ureq::Agent,
     /// Learnt from the first response of this download.
     identity: Option<Identity>,
+    /// Whether the server answers several ranges in one response.
+    multi_range: MultiRange,
+}
+
+/// What a server has shown of its multi-range support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MultiRange {
+    /// Not asked yet.
+    Unknown,
+    /// It answered several ranges in one response.
+    Supported,
+    /// It answered a multi-range request with the whole payload or the first range only.
+    Unsupported,
 }
 
 impl HttpSource {
@@ -360,6 +408,7 @@ impl HttpSource {
             url: url.to_owned(),
             agent,
             identity: None,
+            multi_range: MultiRange::Unknown,
         }
     }
 
@@ -424,6 +473,13 @@ impl HttpSource {
             }
             s => return Err(refuse(format!("status {s}"))),
         }
+        self.check_identity(offset, now)?;
+        Ok(Box::new(resp.into_reader()))
+    }
+
+    /// Records the identity of the first response; fails with
+    /// [`SourceError::PayloadChanged`] when a later one differs.
+    fn check_identity(&mut self, offset: u64, now: Identity) -> io::Result<()> {
         match &self.identity {
             None => self.identity = Some(now),
             Some(first) => {
@@ -436,7 +492,105 @@ impl HttpSource {
                 }
             }
         }
-        Ok(Box::new(resp.into_reader()))
+        Ok(())
+    }
+
+    /// Sends a GET with this `Range` (and `If-Range` once the payload's identity is known),
+    /// following redirects; the final URL and the response.
+    fn get(&mut self, range: &str) -> io::Result<(String, ureq::Response)> {
+        let mut url = self.url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.agent.get(&url).set("Range", range);
+            if let Some(v) = self.identity.as_ref().and_then(Identity::if_range) {
+                request = request.set("If-Range", v);
+            }
+            let resp = match request.call() {
+                Ok(r) => r,
+                Err(ureq::Error::Status(status, r)) => {
+                    return Err(io::Error::other(SourceError::HttpStatus {
+                        url,
+                        status,
+                        text: r.status_text().to_owned(),
+                    }))
+                }
+                Err(ureq::Error::Transport(t)) => return Err(io::Error::other(t.to_string())),
+            };
+            if !(300..400).contains(&resp.status()) {
+                return Ok((url, resp));
+            }
+            url = self
+                .redirect_target(&url, &resp)
+                .map_err(io::Error::other)?;
+        }
+        Err(io::Error::other(SourceError::TooManyRedirects {
+            url: self.url.clone(),
+            limit: MAX_REDIRECTS,
+        }))
+    }
+
+    /// Asks for `asked` (two or more ranges) in one request; see the type's doc.
+    fn open_multi(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+        let (header, n) = byteranges::range_header(ranges);
+        let asked = &ranges[..n];
+        let offset = asked[0].start;
+        let (url, resp) = self.get(&header)?;
+        let header_of = |name| resp.header(name).map(str::to_owned);
+        let mut now = Identity {
+            etag: header_of("ETag"),
+            last_modified: header_of("Last-Modified"),
+            len: None,
+        };
+        let refuse = |answer: String| {
+            io::Error::other(SourceError::RangeNotHonoured {
+                url: url.clone(),
+                offset,
+                answer,
+            })
+        };
+        match resp.status() {
+            206 => {
+                if let Some(cr) = header_of("Content-Range") {
+                    let Some((part, total)) = byteranges::parse_content_range(&cr) else {
+                        return Err(refuse(format!("206 with Content-Range {cr:?}")));
+                    };
+                    now.len = total;
+                    self.check_identity(offset, now)?;
+                    let covered = asked.iter().take_while(|r| r.end <= part.end).count();
+                    if covered == 0 || part.start > offset {
+                        return Err(refuse(format!("206 with Content-Range {cr:?}")));
+                    }
+                    if covered < n {
+                        log::info!("{url} answered only {covered} of {n} ranges: one range per request from now on");
+                        self.multi_range = MultiRange::Unsupported;
+                    }
+                    let body = io::BufReader::new(resp.into_reader());
+                    let reader = ByterangesReader::single(body, part, &asked[..covered])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    return Ok((Box::new(reader), covered));
+                }
+                let boundary = byteranges::boundary(&header_of("Content-Type").unwrap_or_default())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                self.check_identity(offset, now)?;
+                self.multi_range = MultiRange::Supported;
+                let total = self.total_len();
+                let body = io::BufReader::new(resp.into_reader());
+                let reader = ByterangesReader::multipart(body, &boundary, asked, total);
+                Ok((Box::new(reader), n))
+            }
+            200 => {
+                now.len = resp.header("Content-Length").and_then(|v| v.parse().ok());
+                // New validators: the payload changed (If-Range did not match).
+                self.check_identity(offset, now)?;
+                // The whole payload: dropped unread (the connection closes), and one range
+                // per request from now on.
+                drop(resp);
+                log::info!("{url} answered {n} ranges with the whole payload: one range per request from now on");
+                self.multi_range = MultiRange::Unsupported;
+                let r = &ranges[0];
+                Ok((self.open_range(r.start, Some(r.end))?, 1))
+            }
+            s => Err(refuse(format!("status {s} to {n} ranges"))),
+        }
     }
 }
 
@@ -476,38 +630,20 @@ impl Source for HttpSource {
     }
 
     fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
-        let mut url = self.url.clone();
         let range = match end {
             Some(end) if end > offset => format!("bytes={offset}-{}", end - 1),
             _ => format!("bytes={offset}-"),
         };
-        for _ in 0..=MAX_REDIRECTS {
-            let mut request = self.agent.get(&url).set("Range", &range);
-            if let Some(v) = self.identity.as_ref().and_then(Identity::if_range) {
-                request = request.set("If-Range", v);
-            }
-            let resp = match request.call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(status, r)) => {
-                    return Err(io::Error::other(SourceError::HttpStatus {
-                        url,
-                        status,
-                        text: r.status_text().to_owned(),
-                    }))
-                }
-                Err(ureq::Error::Transport(t)) => return Err(io::Error::other(t.to_string())),
-            };
-            if !(300..400).contains(&resp.status()) {
-                return self.accept(&url, offset, resp);
-            }
-            url = self
-                .redirect_target(&url, &resp)
-                .map_err(io::Error::other)?;
+        let (url, resp) = self.get(&range)?;
+        self.accept(&url, offset, resp)
+    }
+
+    fn open_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+        if ranges.len() < 2 || self.multi_range == MultiRange::Unsupported {
+            let r = &ranges[0];
+            return Ok((self.open_range(r.start, Some(r.end))?, 1));
         }
-        Err(io::Error::other(SourceError::TooManyRedirects {
-            url: self.url.clone(),
-            limit: MAX_REDIRECTS,
-        }))
+        self.open_multi(ranges)
     }
 
     fn total_len(&self) -> Option<u64> {
@@ -545,6 +681,9 @@ impl Source for SharedSource {
     fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
         self.inner().open_range(offset, end)
     }
+    fn open_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+        self.inner().open_ranges(ranges)
+    }
     fn total_len(&self) -> Option<u64> {
         self.inner().total_len()
     }
@@ -564,6 +703,10 @@ pub struct ResumingReader {
     offset: u64,
     /// Where the current range ends (`None`: the payload's end), see [`ResumingReader::seek_range`].
     end: Option<u64>,
+    /// Ranges to read after the current one, see [`ResumingReader::seek_ranges`].
+    queue: VecDeque<Range<u64>>,
+    /// Ranges the open stream delivers, the current one included.
+    covers: usize,
     /// The furthest offset reached: bytes past it are progress.
     furthest: u64,
     policy: RetryPolicy,
@@ -591,6 +734,8 @@ impl ResumingReader {
             stream: None,
             offset,
             end: None,
+            queue: VecDeque::new(),
+            covers: 1,
             furthest: offset,
             policy,
             failures: 0,
@@ -618,6 +763,7 @@ impl ResumingReader {
         if offset != self.offset || self.stream.is_none() || self.end.is_some() {
             self.offset = offset;
             self.end = None;
+            self.queue.clear();
             self.stream = None;
             self.open()?;
         }
@@ -627,10 +773,38 @@ impl ResumingReader {
     /// Opens the bytes `range` of the payload (one HTTP range request; reopened from the
     /// offset reached after a transient failure). Reading past `range.end` ends the stream.
     pub fn seek_range(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
-        self.offset = range.start;
-        self.end = Some(range.end);
+        self.seek_ranges(std::slice::from_ref(&range))
+    }
+
+    /// Opens the bytes of `ranges` (non-empty, ascending, disjoint; at most
+    /// [`byteranges::MAX_RANGES_PER_REQUEST`] are taken), as few requests as the source allows
+    /// ([`Source::open_ranges`]). Reads give the bytes of each range in turn and
+    /// [`ResumingReader::offset`] jumps from the end of one to the start of the next. After a
+    /// transient failure the rest, from the offset reached, is asked again.
+    pub fn seek_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<()> {
+        let ranges = &ranges[..ranges.len().min(byteranges::MAX_RANGES_PER_REQUEST)];
+        self.offset = ranges[0].start;
+        self.end = Some(ranges[0].end);
+        self.queue = ranges[1..].iter().cloned().collect();
         self.stream = None;
         self.open()
+    }
+
+    /// How many bytes must be read from here to reach `r.start`, when `r` lies within the
+    /// current range (from the offset on) or one of the ranges queued after it.
+    pub fn reach(&self, r: &Range<u64>) -> Option<u64> {
+        let end = self.end?;
+        if self.offset <= r.start && r.end <= end {
+            return Some(r.start - self.offset);
+        }
+        let mut skip = end.checked_sub(self.offset)?;
+        for q in &self.queue {
+            if q.start <= r.start && r.end <= q.end {
+                return Some(skip + (r.start - q.start));
+            }
+            skip += q.end - q.start;
+        }
+        None
     }
 
     /// Bytes received from the source so far (re-fetched bytes after a retry count again).
@@ -675,13 +849,23 @@ impl ResumingReader {
             self.check_limits()?;
             let started = Instant::now();
             let opened = match self.end {
-                None => self.source.open_at(self.offset),
-                end => self.source.open_range(self.offset, end),
+                None => self.source.open_at(self.offset).map(|s| (s, 1)),
+                Some(end) if self.queue.is_empty() => self
+                    .source
+                    .open_range(self.offset, Some(end))
+                    .map(|s| (s, 1)),
+                Some(end) => {
+                    let ranges: Vec<Range<u64>> = std::iter::once(self.offset..end)
+                        .chain(self.queue.iter().cloned())
+                        .collect();
+                    self.source.open_ranges(&ranges)
+                }
             };
             self.waited += started.elapsed();
             match opened {
-                Ok(s) => {
+                Ok((s, covers)) => {
                     self.stream = Some(s);
+                    self.covers = covers.max(1);
                     return Ok(());
                 }
                 Err(e) => self.failed(e)?,
@@ -722,6 +906,20 @@ impl Read for ResumingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        // At the end of a range: on to the next queued one, on the same stream while it
+        // covers it.
+        while let (Some(end), Some(next)) = (self.end, self.queue.front()) {
+            if end > self.offset {
+                break;
+            }
+            self.offset = next.start;
+            self.end = Some(next.end);
+            self.queue.pop_front();
+            self.covers = self.covers.saturating_sub(1);
+            if self.covers == 0 {
+                self.stream = None;
+            }
         }
         let buf = match self.end {
             Some(end) if end <= self.offset => return Ok(0),
@@ -955,6 +1153,79 @@ mod tests {
             io::ErrorKind::NotFound,
             "gone"
         )));
+    }
+
+    /// A 1000-byte source (byte `i` is `i % 251`) that delivers two ranges per
+    /// `open_ranges`, and logs each open as the ranges it was asked for.
+    struct TwoAtATime(Arc<Mutex<Vec<Vec<Range<u64>>>>>);
+
+    fn byte_at(i: u64) -> u8 {
+        (i % 251) as u8
+    }
+
+    impl Source for TwoAtATime {
+        fn describe(&self) -> String {
+            "two at a time".into()
+        }
+        fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+            self.open_range(offset, None)
+        }
+        fn open_range(&mut self, offset: u64, end: Option<u64>) -> io::Result<Stream> {
+            self.open_ranges(std::slice::from_ref(&(offset..end.unwrap_or(1000))))
+                .map(|(s, _)| s)
+        }
+        fn open_ranges(&mut self, ranges: &[Range<u64>]) -> io::Result<(Stream, usize)> {
+            self.0.lock().unwrap().push(ranges.to_vec());
+            let n = ranges.len().min(2);
+            let bytes: Vec<u8> = ranges[..n]
+                .iter()
+                .flat_map(|r| r.clone().map(byte_at))
+                .collect();
+            Ok((Box::new(io::Cursor::new(bytes)), n))
+        }
+        fn total_len(&self) -> Option<u64> {
+            Some(1000)
+        }
+    }
+
+    #[test]
+    fn several_ranges_read_as_one_stream_with_offsets_jumping_between_them() {
+        let opens = Arc::new(Mutex::new(Vec::new()));
+        let mut r = ResumingReader::new(
+            Box::new(TwoAtATime(opens.clone())),
+            0,
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        let ranges = [10..20, 30..40, 50..60, 900..905];
+        r.seek_ranges(&ranges).unwrap();
+        assert_eq!(r.reach(&(12..15)), Some(2));
+        assert_eq!(r.reach(&(50..60)), Some(20));
+        assert_eq!(r.reach(&(55..61)), None, "not within one range");
+        assert_eq!(r.reach(&(0..5)), None, "behind");
+        let mut got = Vec::new();
+        let mut offsets = Vec::new();
+        let mut buf = [0u8; 7];
+        loop {
+            offsets.push(r.offset());
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let want: Vec<u8> = ranges.iter().flat_map(|r| r.clone().map(byte_at)).collect();
+        assert_eq!(got, want);
+        // No read crosses from one range into the next (the read at 17 gives 3 bytes); the
+        // offset jumps to the next range when a read starts there.
+        assert_eq!(offsets, [10, 17, 20, 37, 40, 57, 60, 905]);
+        // The first open: the reader's own; then two ranges per request.
+        let opens = opens.lock().unwrap();
+        assert_eq!(
+            opens[1..],
+            [ranges.to_vec(), ranges[2..].to_vec()],
+            "{opens:?}"
+        );
     }
 
     /// A source whose opens always fail with a reset connection.

@@ -372,6 +372,11 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     pub(crate) fn serve(root: &std::path::Path) -> Nginx {
+        Nginx::serve_with(root, "")
+    }
+
+    /// [`Nginx::serve`] with `directives` added to the `server` block (`max_ranges 1;`…).
+    pub(crate) fn serve_with(root: &std::path::Path, directives: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -388,7 +393,7 @@ http {{
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{port}; root {}; etag on; }}
+  server {{ listen 127.0.0.1:{port}; root {}; etag on; {directives} }}
 }}
 ",
             root.display()

@@ -237,10 +237,11 @@ fn a_delta_install_cut_off_mid_range_resumes_without_fetching_any_chunk_already_
     let dev = booted_with(&old);
     let payload = v2_payload(&new, "2.0");
     let ranges = planned_ranges(&dev, &payload);
-    // The prelude, the first range, then the second range breaks off in its last frame, after
-    // chunks written since the last checkpoint (every 16 KiB).
+    // The prelude, then the request for every range (this server answers it with one part
+    // from the first range to the end) breaks off in the last frame of the second range,
+    // after chunks written since the last checkpoint (every 16 KiB).
     let cut = ranges[1].end - 10;
-    let faults = vec![Fault::Serve, Fault::Serve, Fault::Drop { at: cut as usize }];
+    let faults = vec![Fault::Serve, Fault::Drop { at: cut as usize }];
     let server = FaultServer::start(payload.clone(), Vec::new(), faults);
     run_install(&dev, &server.url(), 1).unwrap_err();
     let first_run = server.starts().len();
@@ -356,4 +357,245 @@ fn without_json_a_delta_install_prints_what_it_fetched_and_reused() {
         second.starts_with("by delta: fetched ") && second.ends_with(" bytes of the booted slot"),
         "{out}"
     );
+}
+
+// Several ranges per request (issue 12): multipart/byteranges from nginx, the fallbacks when a
+// server answers otherwise, and the target slot as a source.
+
+use crate::rangeserver::{Multi, RangeServer};
+
+/// An old image and a new one with ten small changes 55 KB apart: ten ranges to fetch.
+fn scattered_pair() -> (Vec<u8>, Vec<u8>) {
+    let old = util::image_bytes(600_000, 7);
+    let mut new = old.clone();
+    for i in 0..10 {
+        let at = 20_000 + i * 55_000;
+        new[at..at + 1500].fill(0x40 + i as u8);
+    }
+    (old, new)
+}
+
+/// A device booted with the old image of [`scattered_pair`], the new image, its payload, and
+/// the ranges the device plans to fetch.
+fn scattered_setup() -> (Device, Vec<u8>, Vec<u8>, Vec<std::ops::Range<u64>>) {
+    let (old, new) = scattered_pair();
+    let dev = booted_with(&old);
+    let payload = v2_payload(&new, "2.0");
+    let ranges = planned_ranges(&dev, &payload);
+    (dev, new, payload, ranges)
+}
+
+/// The request lines of nginx's access log.
+fn access_log(nginx: &Nginx) -> Vec<String> {
+    nginx.requests().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_delta_from_nginx_asks_for_many_ranges_in_one_request() {
+    let (dev, new, payload, ranges) = scattered_setup();
+    assert!(ranges.len() >= 8, "{ranges:?}");
+    let (nginx, _dir) = nginx_with(&payload);
+    let report = json_install(&dev, &nginx.url("p"));
+    assert_eq!(report["delta"], true, "{report}");
+    let log = access_log(&nginx);
+    // The prelude, then every range in one request, answered by one 206 multipart response.
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert!(log[1].contains("\" 206 "), "{log:#?}");
+    let fetched = report["bytes_fetched"].as_u64().unwrap();
+    eprintln!(
+        "scattered pair: {} ranges in {} requests after the prelude, fetched {fetched} of a {}-byte payload",
+        ranges.len(),
+        log.len() - 1,
+        payload.len()
+    );
+    assert!(fetched * 5 < payload.len() as u64, "{report}");
+    assert_installed(&dev, &new);
+}
+
+#[test]
+fn a_server_without_multi_range_support_gets_one_range_per_request_and_the_same_bytes() {
+    let (old, new) = scattered_pair();
+    let payload = v2_payload(&new, "2.0");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p"), &payload).unwrap();
+    let install_from = |nginx: &Nginx| {
+        let dev = booted_with(&old);
+        let report = json_install(&dev, &nginx.url("p"));
+        assert_installed(&dev, &new);
+        (report, planned_ranges(&dev, &payload).len())
+    };
+    let multi = Nginx::serve(dir.path());
+    let (with_multi, _) = install_from(&multi);
+    // nginx with `max_ranges 1` answers a request for several ranges with the whole file.
+    let single = Nginx::serve_with(dir.path(), "max_ranges 1;");
+    let (without, ranges) = install_from(&single);
+    let log = access_log(&single);
+    // The prelude, the multi-range request answered 200 (dropped unread), then one request
+    // per range.
+    assert_eq!(log.len(), 2 + ranges, "{log:#?}");
+    assert!(log[1].contains("\" 200 "), "{log:#?}");
+    assert!(log[2..].iter().all(|l| l.contains("\" 206 ")), "{log:#?}");
+    assert_eq!(without["delta"], true, "{without}");
+    assert_eq!(without["ranges_ignored"], false, "{without}");
+    assert_eq!(
+        without["bytes_fetched"], with_multi["bytes_fetched"],
+        "the same frames either way"
+    );
+}
+
+#[test]
+fn a_200_to_a_multi_range_request_is_remembered_and_later_requests_ask_one_range_each() {
+    let (dev, new, payload, ranges) = scattered_setup();
+    let server = RangeServer::start(payload.clone(), Vec::new(), Multi::Whole);
+    let report = run_install(&dev, &server.url(), 1).unwrap();
+    assert!(report.delta && !report.ranges_ignored, "{report:?}");
+    assert!(
+        report.bytes_fetched * 5 < payload.len() as u64,
+        "{report:?}"
+    );
+    let reqs = server.requests();
+    // The prelude, one multi-range request answered 200, then one range per request.
+    let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
+    let mut want = vec![206, 200];
+    want.extend(std::iter::repeat_n(206, ranges.len()));
+    assert_eq!(statuses, want, "{reqs:?}");
+    assert!(reqs[2..].iter().all(|r| !r.range.contains(',')), "{reqs:?}");
+    assert_installed(&dev, &new);
+}
+
+#[test]
+fn a_server_that_coalesces_the_ranges_into_one_part_is_read_as_one_range() {
+    let (dev, new, payload, ranges) = scattered_setup();
+    let server = RangeServer::start(payload.clone(), Vec::new(), Multi::Coalesce);
+    let report = run_install(&dev, &server.url(), 1).unwrap();
+    assert!(report.delta && !report.ranges_ignored, "{report:?}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range.matches(',').count() + 1, ranges.len());
+    assert_installed(&dev, &new);
+}
+
+#[test]
+fn a_multipart_answer_with_a_part_not_asked_for_is_refused_and_the_slot_never_flips() {
+    let (dev, _, payload, ranges) = scattered_setup();
+    let a_before = dev.slot_bytes(&SlotId::A);
+    let server = RangeServer::start(payload, Vec::new(), Multi::WrongSecondPart);
+    let out = dev.updater(&["install", &server.url()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (s, e) = (ranges[1].start, ranges[1].end);
+    let want = format!(
+        "multipart answer: part 2 is bytes {}-{e}, expected a part starting at {s} and ending at the end of an asked range (next asked: bytes {s}-{})",
+        s + 1,
+        e - 1
+    );
+    // One line says why (the others are the log's info lines).
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("updater: info: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].starts_with(&format!("updater: installing {} into ", server.url()))
+            && errors[0].contains(&format!(
+                ": reading payload {} at offset {s}: ",
+                server.url()
+            ))
+            && errors[0].ends_with(&want),
+        "{err}"
+    );
+    assert!(!dev.slot(&SlotId::B).attrs.is_bootable());
+    assert_eq!(dev.slot_bytes(&SlotId::A), a_before);
+}
+
+#[test]
+fn a_connection_cut_mid_multipart_asks_again_for_the_ranges_not_yet_read() {
+    let (dev, new, payload, ranges) = scattered_setup();
+    // Cut in the fourth range's bytes.
+    let cut = (ranges[..3].iter().map(|r| r.end - r.start).sum::<u64>() + 400) as usize + 300;
+    let server = RangeServer::start(payload, vec![Multi::CutAfter(cut)], Multi::Parts);
+    let report = run_install(&dev, &server.url(), 3).unwrap();
+    assert!(report.delta && report.retries >= 1, "{report:?}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    let first_start = |r: &str| -> u64 {
+        r.trim_start_matches("bytes=")
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The retry starts where the cut left off, past the ranges already read, and asks for
+    // the rest of them only.
+    let again = first_start(&reqs[2].range);
+    assert!(again > ranges[2].end && again < ranges[4].start, "{reqs:?}");
+    let count = |r: &str| r.matches(',').count() + 1;
+    assert_eq!(count(&reqs[2].range) + 3, count(&reqs[1].range), "{reqs:?}");
+    assert_installed(&dev, &new);
+}
+
+#[test]
+fn a_target_slot_holding_an_older_release_supplies_chunks_the_booted_slot_lacks() {
+    // The booted slot runs a release without the block `extra`; the target slot still holds
+    // an older one with it at 300 000; the new release has it at 200 000.
+    let base = util::image_bytes(600_000, 7);
+    // 80 KB of incompressible bytes: the random halves of a test image.
+    let extra: Vec<u8> = util::image_bytes(160_000, 11)
+        .chunks(4096)
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .copied()
+        .collect();
+    let with_extra_at = |at: usize| [&base[..at], &extra[..], &base[at..]].concat();
+    let older = with_extra_at(300_000);
+    let mut booted = base.clone();
+    booted[500_000..502_000].fill(0xa5);
+    let new = with_extra_at(200_000);
+    let payload = v2_payload(&new, "3.0");
+    let (nginx, _dir) = nginx_with(&payload);
+    let install = |target: Option<&[u8]>| {
+        let dev = booted_with(&booted);
+        if let Some(t) = target {
+            util::write_at(&dev.disk(), dev.slot(&SlotId::B).byte_offset(), t);
+        }
+        let report = json_install(&dev, &nginx.url("p"));
+        assert_installed(&dev, &new);
+        report
+    };
+    let with_older = install(Some(&older));
+    let empty = install(None);
+    let from_target = with_older["bytes_reused_from_target"].as_u64().unwrap();
+    assert_eq!(empty["bytes_reused_from_target"], 0, "{empty}");
+    let fetched = |r: &serde_json::Value| r["bytes_fetched"].as_u64().unwrap();
+    eprintln!(
+        "older release in the target slot: fetched {} bytes, {from_target} bytes copied from the target slot; with an empty target slot: fetched {}",
+        fetched(&with_older),
+        fetched(&empty)
+    );
+    assert!(
+        from_target >= 40_000 && fetched(&with_older) + 40_000 < fetched(&empty),
+        "{with_older} {empty}"
+    );
+}
+
+#[test]
+fn a_payload_replaced_before_a_multi_range_request_restarts_the_install_with_the_new_one() {
+    let (dev, new, payload, _) = scattered_setup();
+    let mut newer = new.clone();
+    newer[400_000..401_000].fill(0x11);
+    let other = v2_payload(&newer, "3.0");
+    // The multi-range request carries If-Range with the first payload's ETag; the server has
+    // the other one by then and answers 200 with it.
+    let server = RangeServer::with_other(payload, other, vec![Multi::SwapThenParts], Multi::Parts);
+    let report = run_install(&dev, &server.url(), 1).unwrap();
+    assert_eq!(
+        (report.version.as_str(), report.resumed_from_chunk),
+        ("3.0", 0)
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs[1].status, 200, "{reqs:?}");
+    assert_eq!(reqs[2].range, "bytes=0-", "started over: {reqs:?}");
+    assert_installed(&dev, &newer);
 }

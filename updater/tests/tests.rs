@@ -14,4 +14,5 @@ mod install;
 mod netboot;
 mod netfaults;
 mod payload;
+mod rangeserver;
 mod util;

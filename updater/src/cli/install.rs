@@ -78,9 +78,13 @@ impl InstallCmd {
             );
             if report.delta {
                 println!(
-                    "by delta: fetched {} bytes, reused {} bytes of the booted slot{}{}",
+                    "by delta: fetched {} bytes, reused {} bytes of the booted slot{}{}{}",
                     report.bytes_fetched,
                     report.bytes_reused,
+                    match report.bytes_reused_from_target {
+                        0 => String::new(),
+                        n => format!(", {n} bytes of the target slot"),
+                    },
                     match report.bytes_in_place {
                         0 => String::new(),
                         n => format!(", {n} bytes already in place"),

@@ -21,9 +21,10 @@ pub struct JsonProgress {
 }
 
 impl Progress for JsonProgress {
-    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64) {
+    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64, reuse_target_bytes: u64) {
         emit_json(&serde_json::json!({
-            "event": "delta", "fetch_bytes": fetch_bytes, "reuse_bytes": reuse_bytes
+            "event": "delta", "fetch_bytes": fetch_bytes, "reuse_bytes": reuse_bytes,
+            "reuse_target_bytes": reuse_target_bytes
         }));
     }
     fn phase(&mut self, phase: &'static str, total: u64) {
@@ -49,11 +50,14 @@ pub struct BarProgress {
 }
 
 impl Progress for BarProgress {
-    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64) {
+    fn delta(&mut self, fetch_bytes: u64, reuse_bytes: u64, reuse_target_bytes: u64) {
         if let Some(b) = self.bar.take() {
             b.finish();
         }
-        eprintln!("by delta: {fetch_bytes} bytes to fetch, {reuse_bytes} bytes to copy from the booted slot");
+        eprintln!("by delta: {fetch_bytes} bytes to fetch, {reuse_bytes} bytes to copy from the booted slot{}", match reuse_target_bytes {
+            0 => String::new(),
+            n => format!(", {n} from the target slot"),
+        });
     }
     fn phase(&mut self, phase: &'static str, total: u64) {
         if let Some(b) = self.bar.take() {

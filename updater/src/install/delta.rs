@@ -13,14 +13,31 @@
 //! the few bytes between costs less than another range). When the ranges would cost nearly as
 //! much as the whole payload ([`FULL_DOWNLOAD_RATIO`]) the plan says to stream it whole.
 //! A local chunk is a hint, not a fact: the installer verifies its SHA-256 again when it copies
-//! it, and fetches its frame instead when the slot is damaged.
+//! it, and fetches its frame instead when the slot is damaged (or has changed).
+//!
+//! The target slot often still holds an older release, so it is indexed too
+//! ([`LocalIndex::build_keeping_last`]) when the booted slot leaves chunks to fetch, and
+//! [`plan_with_target`] takes a chunk the booted slot lacks from it, but only from an offset at
+//! or after the one the chunk is written to ([`target_source_is_safe`]). Why that is safe:
+//! [`apply`] hands chunks to the sink strictly in image order, each only after its own source
+//! was read, and the installer's sink ([`super::SlotWriter::write_chunk`]) writes each chunk
+//! before it returns (a `pwrite` into the page cache; the writeback it starts later reads the
+//! same pages, and reads through the same file see them). So when the chunk at `w` is read,
+//! this run has changed the slot only in `..w`: every write still in flight belongs to a
+//! chunk before `w`, which ends at or before `w`. A source at `s >= w` is therefore read
+//! before anything of this run overwrites it. An interrupted earlier run may have written
+//! chunks of this payload anywhere past its checkpoint: they are chunks of the new image,
+//! and the SHA-256 check below decides. [`apply`] checks the rule again against what it has
+//! written, whatever the plan says. The booted slot is preferred, since it is never written.
 //!
 //! [`apply`] carries a plan out, chunk by chunk in image order, handing every chunk to the
 //! installer's sink only after its SHA-256 matched the signed table: a local chunk is read
-//! from the booted slot and checked, a fetched one is read from its range ([`Fetcher`], one
-//! single-range request per coalesced range, reopened with `If-Range` after a failure) and
-//! decoded. Memory: one frame and one chunk buffer.
+//! from the booted or the target slot and checked, a fetched one is read from its range
+//! ([`Fetcher`]: several ranges per request where the server answers multi-range requests,
+//! see [`crate::source::HttpSource`]; reopened with `If-Range` after a failure) and decoded.
+//! Memory: one frame and one chunk buffer.
 
+use crate::install::byteranges::MAX_RANGES_PER_REQUEST;
 use crate::payload::cdc::{CdcParams, Chunker};
 use crate::payload::{self, ChunkDecoder, ChunkEntry, ReadError, Sha256Digest};
 use crate::source::{ResumingReader, SourceError};
@@ -47,13 +64,36 @@ pub struct LocalIndex {
 impl LocalIndex {
     /// Cuts `slot` (read from its start, at most `len` bytes) with `params` and records each
     /// chunk's offset and length by its SHA-256. Memory: the chunker's buffer and the index.
+    /// A chunk found more than once is recorded at its first offset.
     pub fn build(slot: impl Read, len: u64, params: CdcParams) -> std::io::Result<LocalIndex> {
+        LocalIndex::build_keeping(slot, len, params, false)
+    }
+
+    /// [`LocalIndex::build`] for the target slot: a chunk found more than once is recorded at
+    /// its last offset, the one most likely still unwritten when the install needs it (see
+    /// [`target_source_is_safe`]).
+    pub fn build_keeping_last(
+        slot: impl Read,
+        len: u64,
+        params: CdcParams,
+    ) -> std::io::Result<LocalIndex> {
+        LocalIndex::build_keeping(slot, len, params, true)
+    }
+
+    fn build_keeping(
+        slot: impl Read,
+        len: u64,
+        params: CdcParams,
+        last: bool,
+    ) -> std::io::Result<LocalIndex> {
         let mut chunker = Chunker::new(slot.take(len), params);
         let mut chunks = HashMap::new();
         while let Some((at, bytes)) = chunker.next_chunk()? {
-            chunks
-                .entry(Sha256Digest::of(bytes))
-                .or_insert((at, bytes.len() as u32));
+            let found = (at, bytes.len() as u32);
+            let slot = chunks.entry(Sha256Digest::of(bytes)).or_insert(found);
+            if last {
+                *slot = found;
+            }
         }
         Ok(LocalIndex { chunks })
     }
@@ -64,12 +104,15 @@ impl LocalIndex {
     /// boundaries have almost always met the ones a single pass finds (once two cuts share a
     /// boundary they agree from there on); the parts' indexes are merged. A chunk whose
     /// boundaries did not meet is only missing from the index: it is fetched instead.
+    /// With `keep_last` a chunk found more than once is recorded at its last offset, as
+    /// [`Self::build_keeping_last`] does.
     pub fn build_slot(
         file: &File,
         base: u64,
         len: u64,
         params: CdcParams,
         threads: usize,
+        keep_last: bool,
     ) -> std::io::Result<LocalIndex> {
         let threads = threads.max(1) as u64;
         let part = len.div_ceil(threads);
@@ -80,10 +123,11 @@ impl LocalIndex {
                     let start = (t * part).min(len);
                     let end = ((t + 1) * part + overlap).min(len);
                     s.spawn(move || {
-                        let mut index = LocalIndex::build(
+                        let mut index = LocalIndex::build_keeping(
                             SlotReader::new(file, base + start),
                             end - start,
                             params,
+                            keep_last,
                         )?;
                         for (at, _) in index.chunks.values_mut() {
                             *at += start;
@@ -100,7 +144,10 @@ impl LocalIndex {
         let mut merged = LocalIndex::default();
         for part in parts {
             for (hash, found) in part?.chunks {
-                merged.chunks.entry(hash).or_insert(found);
+                let slot = merged.chunks.entry(hash).or_insert(found);
+                if keep_last && found.0 > slot.0 {
+                    *slot = found;
+                }
             }
         }
         Ok(merged)
@@ -125,35 +172,81 @@ impl LocalIndex {
     }
 }
 
+/// Where a chunk the device already has is, as a byte offset into its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalChunk {
+    /// In the booted slot.
+    Booted(u64),
+    /// In the target slot, at or after the chunk's own offset ([`target_source_is_safe`]).
+    Target(u64),
+}
+
+/// Whether a target-slot chunk at `source_at` may supply the chunk written at `write_at`: the
+/// install writes the target slot in image order, each chunk only after its source was read,
+/// so when the chunk at `write_at` is read the slot differs from what was indexed at most in
+/// `..write_at` (this run's writes) and wherever an interrupted run wrote (chunks of this
+/// payload, which the hash check then finds). A source at or after `write_at` is read before
+/// anything overwrites it; one before it may already be gone.
+pub fn target_source_is_safe(source_at: u64, write_at: u64) -> bool {
+    source_at >= write_at
+}
+
 /// What to do for the chunks of a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaPlan {
-    /// For each chunk in image order: `Some(local offset)` to copy it, `None` to fetch it.
-    pub sources: Vec<Option<u64>>,
+    /// For each chunk in image order: where to copy it from, `None` to fetch it.
+    pub sources: Vec<Option<LocalChunk>>,
     /// Payload byte ranges to fetch, ascending, disjoint, each covering whole frames.
     pub ranges: Vec<Range<u64>>,
     /// Bytes the ranges cover.
     pub fetch_bytes: u64,
-    /// Image bytes copied from the local slot.
+    /// Image bytes copied from the booted slot.
     pub reuse_bytes: u64,
+    /// Image bytes taken from the target slot (copied from elsewhere in it, or already in
+    /// place).
+    pub reuse_target_bytes: u64,
     /// Whether streaming the whole payload is cheaper than the ranges.
     pub full_download: bool,
 }
 
-/// Plans chunks `start..` of `entries` against `local` (see the module doc).
+/// Plans chunks `start..` of `entries` against the booted slot's index `local` (see the
+/// module doc).
 pub fn plan(entries: &[ChunkEntry], start: usize, local: &LocalIndex) -> DeltaPlan {
+    plan_with_target(entries, start, local, None)
+}
+
+/// [`plan`], taking a chunk the booted slot lacks from the target slot's index `target` where
+/// [`target_source_is_safe`] allows.
+pub fn plan_with_target(
+    entries: &[ChunkEntry],
+    start: usize,
+    local: &LocalIndex,
+    target: Option<&LocalIndex>,
+) -> DeltaPlan {
     let mut sources = Vec::with_capacity(entries.len());
     let mut ranges: Vec<Range<u64>> = Vec::new();
-    let mut reuse_bytes = 0;
+    let (mut reuse_bytes, mut reuse_target_bytes) = (0, 0);
     for (i, e) in entries.iter().enumerate() {
         if i < start {
             sources.push(None);
             continue;
         }
-        let found = local.find(&e.sha256, e.image_len);
+        let found = local
+            .find(&e.sha256, e.image_len)
+            .map(LocalChunk::Booted)
+            .or_else(|| {
+                target
+                    .and_then(|t| t.find(&e.sha256, e.image_len))
+                    .filter(|&at| target_source_is_safe(at, e.image_offset))
+                    .map(LocalChunk::Target)
+            });
         sources.push(found);
+        match found {
+            Some(LocalChunk::Booted(_)) => reuse_bytes += u64::from(e.image_len),
+            Some(LocalChunk::Target(_)) => reuse_target_bytes += u64::from(e.image_len),
+            None => {}
+        }
         if found.is_some() {
-            reuse_bytes += u64::from(e.image_len);
             continue;
         }
         let frame = e.payload_offset..e.payload_offset + u64::from(e.frame_len);
@@ -173,6 +266,7 @@ pub fn plan(entries: &[ChunkEntry], start: usize, local: &LocalIndex) -> DeltaPl
         ranges,
         fetch_bytes,
         reuse_bytes,
+        reuse_target_bytes,
     }
 }
 
@@ -202,8 +296,12 @@ impl Read for SlotReader<'_> {
 pub struct DeltaStats {
     /// Image bytes copied from the booted slot after their SHA-256 matched.
     pub reused_bytes: u64,
-    /// Image bytes found already in place in the target slot (a resumed install).
+    /// Image bytes found already in place in the target slot (written by an interrupted run,
+    /// or the same bytes at the same offset in the release the slot held), not written again.
     pub in_place_bytes: u64,
+    /// Image bytes copied from elsewhere in the target slot (an older release still there)
+    /// after their SHA-256 matched.
+    pub reused_from_target_bytes: u64,
     /// Local chunks whose bytes no longer matched their hash, fetched instead.
     pub damaged_local_chunks: u32,
     /// The server answered a range request with the whole payload, which was then streamed.
@@ -243,34 +341,33 @@ pub enum ApplyError<E> {
     Sink(E),
 }
 
-/// The slots [`apply`] reads: the booted one (local chunks) and the target (chunks already in
-/// place after an interruption), as (disk handle, byte offset of the slot on it).
+/// The slots [`apply`] reads: the booted one (local chunks) and the target (local chunks the
+/// plan allows, and chunks already in place after an interruption), as (disk handle, byte
+/// offset of the slot on it).
 pub struct Slots<'a> {
     /// The booted slot.
     pub booted: (&'a File, u64),
-    /// The target slot, checked only when `resuming`.
+    /// The target slot.
     pub target: (&'a File, u64),
     /// Whether an earlier run of this install may have written chunks past its checkpoint.
     pub resuming: bool,
 }
 
-/// Reads frames of a payload from coalesced ranges: each range is one request from the first
-/// frame needed in it; frames skipped inside a range (their chunk was local) are read past
-/// when the gap is at most [`MAX_GAP`], else the next frame starts a new request.
+/// Reads frames of a payload from coalesced ranges: a request asks for the range holding the
+/// first frame needed (from that frame on) and the ranges after it, up to
+/// [`MAX_RANGES_PER_REQUEST`] ([`ResumingReader::seek_ranges`]: one multi-range request where
+/// the server answers them, one request per range otherwise). Bytes up to the next frame needed
+/// (frames whose chunk turned out local, the rest of a range) are read past when they are at
+/// most [`MAX_GAP`], else that frame starts a new request.
 pub struct Fetcher<'a> {
     reader: &'a mut ResumingReader,
     ranges: &'a [Range<u64>],
-    open_end: Option<u64>,
 }
 
 impl<'a> Fetcher<'a> {
     /// A fetcher of frames within `ranges` (frames outside them are fetched alone).
     pub fn new(reader: &'a mut ResumingReader, ranges: &'a [Range<u64>]) -> Fetcher<'a> {
-        Fetcher {
-            reader,
-            ranges,
-            open_end: None,
-        }
+        Fetcher { reader, ranges }
     }
 
     /// Reads the frame of chunk `index` into `buf`.
@@ -281,30 +378,33 @@ impl<'a> Fetcher<'a> {
         buf: &mut Vec<u8>,
     ) -> Result<(), ReadError> {
         let want = e.payload_offset..e.payload_offset + u64::from(e.frame_len);
-        let at = self.reader.offset();
-        let in_open = self
-            .open_end
-            .is_some_and(|end| at <= want.start && want.end <= end && want.start - at <= MAX_GAP);
-        if in_open {
-            let gap = want.start - at;
-            let skipped = std::io::copy(&mut (&mut *self.reader).take(gap), &mut std::io::sink())
-                .map_err(ReadError::Io)?;
-            if skipped != gap {
-                return Err(ReadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("range ended at offset {}", at + skipped),
-                )));
+        match self.reader.reach(&want) {
+            Some(gap) if gap <= MAX_GAP => {
+                let at = self.reader.offset();
+                let skipped =
+                    std::io::copy(&mut (&mut *self.reader).take(gap), &mut std::io::sink())
+                        .map_err(ReadError::Io)?;
+                if skipped != gap {
+                    return Err(ReadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("range ended {skipped} bytes after offset {at}"),
+                    )));
+                }
             }
-        } else {
-            let i = self.ranges.partition_point(|r| r.end <= want.start);
-            let end = match self.ranges.get(i) {
-                Some(r) if r.start <= want.start && want.end <= r.end => r.end,
-                _ => want.end,
-            };
-            self.reader
-                .seek_range(want.start..end)
+            _ => {
+                let i = self.ranges.partition_point(|r| r.end <= want.start);
+                match self.ranges.get(i) {
+                    Some(r) if r.start <= want.start && want.end <= r.end => {
+                        let batch: Vec<Range<u64>> = std::iter::once(want.start..r.end)
+                            .chain(self.ranges[i + 1..].iter().cloned())
+                            .take(MAX_RANGES_PER_REQUEST)
+                            .collect();
+                        self.reader.seek_ranges(&batch)
+                    }
+                    _ => self.reader.seek_range(want.clone()),
+                }
                 .map_err(ReadError::Io)?;
-            self.open_end = Some(end);
+            }
         }
         payload::read_frame(self.reader, index, e, buf)
     }
@@ -353,20 +453,41 @@ pub fn apply<E>(
 ) -> Result<Applied, ApplyError<E>> {
     let mut fetcher = Fetcher::new(reader, &plan.ranges);
     let (mut frame, mut chunk) = (Vec::new(), Vec::new());
+    // The end of what this run wrote to the target slot: chunks go to the sink in image order.
+    let mut written_end = entries.get(start as usize).map_or(0, |e| e.image_offset);
     for (i, e) in entries.iter().enumerate().skip(start as usize) {
         let index = i as u32;
         let local_err = |at: u64| move |source| ApplyError::Local { offset: at, source };
-        if let Some(at) = plan.sources[i] {
-            let (file, base) = slots.booted;
+        let local = match plan.sources[i] {
+            Some(LocalChunk::Booted(at)) => Some((slots.booted, at, "booted")),
+            // Checked again here: the rule is what makes reading the target slot safe.
+            Some(LocalChunk::Target(at)) if target_source_is_safe(at, written_end) => {
+                Some((slots.target, at, "target"))
+            }
+            Some(LocalChunk::Target(_)) | None => None,
+        };
+        written_end = e.image_offset + u64::from(e.image_len);
+        if let Some(((file, base), at, which)) = local {
             if read_checked(file, base, at, e, &mut chunk).map_err(local_err(base + at))? {
-                stats.reused_bytes += u64::from(e.image_len);
+                let len = u64::from(e.image_len);
                 decoder.feed(&chunk);
+                match plan.sources[i] {
+                    // Already where it goes (an interrupted run wrote it, or the older
+                    // release has it there too): nothing to write.
+                    Some(LocalChunk::Target(at)) if at == e.image_offset => {
+                        stats.in_place_bytes += len;
+                        sink(index, e, None).map_err(ApplyError::Sink)?;
+                        continue;
+                    }
+                    Some(LocalChunk::Target(_)) => stats.reused_from_target_bytes += len,
+                    _ => stats.reused_bytes += len,
+                }
                 sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
                 continue;
             }
             stats.damaged_local_chunks += 1;
             log::warn!(
-                "chunk {index}: the booted slot's bytes at offset {at} no longer match its SHA-256; fetching it"
+                "chunk {index}: the {which} slot's bytes at offset {at} no longer match its SHA-256; fetching it"
             );
         } else if slots.resuming {
             let (file, base) = slots.target;
@@ -404,13 +525,13 @@ pub fn apply<E>(
 mod tests {
     use super::*;
 
-    const P: CdcParams = CdcParams {
+    pub(super) const P: CdcParams = CdcParams {
         min: 1024,
         avg: 2048,
         max: 8192,
     };
 
-    fn noise(len: usize, mut x: u32) -> Vec<u8> {
+    pub(super) fn noise(len: usize, mut x: u32) -> Vec<u8> {
         (0..len)
             .map(|_| {
                 x ^= x << 13;
@@ -422,7 +543,7 @@ mod tests {
     }
 
     /// The entries of `image` cut with `P`, each frame `frame_len` bytes long.
-    fn entries(image: &[u8], frame_len: u32) -> Vec<ChunkEntry> {
+    pub(super) fn entries(image: &[u8], frame_len: u32) -> Vec<ChunkEntry> {
         let mut c = Chunker::new(image, P);
         let mut out = Vec::new();
         let mut payload_offset = 1000;
@@ -475,7 +596,8 @@ mod tests {
         let one = LocalIndex::build(&image[..], image.len() as u64, P).unwrap();
         for threads in [1, 2, 3, 7] {
             let many =
-                LocalIndex::build_slot(f.as_file(), 777, image.len() as u64, P, threads).unwrap();
+                LocalIndex::build_slot(f.as_file(), 777, image.len() as u64, P, threads, false)
+                    .unwrap();
             let missing = one
                 .chunks
                 .iter()
@@ -513,7 +635,7 @@ mod tests {
     }
 
     /// A signed format 2 payload of `image` cut with `P`, its chunk table and manifest.
-    fn payload_of(image: &[u8]) -> (Vec<u8>, Vec<ChunkEntry>, payload::Manifest) {
+    pub(super) fn payload_of(image: &[u8]) -> (Vec<u8>, Vec<ChunkEntry>, payload::Manifest) {
         use crate::payload::writer::{PackOptions, PayloadParts};
         let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
         let opts = PackOptions {
@@ -590,5 +712,162 @@ mod tests {
             image.len() as u64 - u64::from(damaged.image_len)
         );
         assert!(out == image);
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    //! The target slot as a source: the rule, the plan, and `apply` writing into the very
+    //! slot it reads from.
+    use super::tests::{entries as entries_of, noise, payload_of, P};
+    use super::*;
+
+    #[test]
+    fn a_target_chunk_is_safe_only_at_or_after_where_its_chunk_is_written() {
+        // (source offset, write offset, safe)
+        for (s, w, safe) in [
+            (0, 0, true),
+            (100, 0, true),
+            (4096, 4096, true),
+            (4097, 4096, true),
+            (4095, 4096, false),
+            (0, 1, false),
+            (u64::MAX, u64::MAX - 1, true),
+        ] {
+            assert_eq!(target_source_is_safe(s, w), safe, "{s} {w}");
+        }
+    }
+
+    /// An old image in the target slot, and a new one made of its second part then its first:
+    /// chunks of the first part of the new image sit further on in the old one (safe), chunks
+    /// of its second part sit before where they go (unsafe: overwritten by then).
+    fn rotated() -> (Vec<u8>, Vec<u8>) {
+        let old = noise(60_000, 21);
+        let new = [&old[20_000..], &old[..20_000]].concat();
+        (old, new)
+    }
+
+    #[test]
+    fn the_plan_takes_target_chunks_only_where_the_rule_allows_and_prefers_the_booted_slot() {
+        let (old, new) = rotated();
+        let e = entries_of(&new, 500);
+        let nothing = LocalIndex::build(&noise(60_000, 22)[..], 60_000, P).unwrap();
+        let target = LocalIndex::build_keeping_last(&old[..], 60_000, P).unwrap();
+        let p = plan_with_target(&e, 0, &nothing, Some(&target));
+        assert!(p.reuse_target_bytes > 30_000, "{p:?}");
+        assert_eq!(p.reuse_bytes, 0);
+        for (c, src) in e.iter().zip(&p.sources) {
+            if let Some(LocalChunk::Target(s)) = src {
+                assert!(*s >= c.image_offset, "{c:?} from {s}");
+            }
+            // A chunk of the old image's first part (now after 40 000) is fetched.
+            if c.image_offset >= 41_000 && target.find(&c.sha256, c.image_len).is_some() {
+                assert_eq!(*src, None, "{c:?}");
+            }
+        }
+        // The booted slot holding the same image wins.
+        let booted = LocalIndex::build(&new[..], 60_000, P).unwrap();
+        let p = plan_with_target(&e, 0, &booted, Some(&target));
+        assert_eq!((p.reuse_bytes, p.reuse_target_bytes), (60_000, 0));
+        // Without a target index, the plan is the booted-only one.
+        assert_eq!(
+            plan_with_target(&e, 0, &nothing, None),
+            plan(&e, 0, &nothing)
+        );
+    }
+
+    /// Applies `p` with a sink that writes into the target slot itself (as the installer
+    /// does); the target slot afterwards.
+    fn apply_into_target(
+        old: &[u8],
+        new: &[u8],
+        p: &DeltaPlan,
+        entries: &[ChunkEntry],
+        payload: &[u8],
+        manifest: &payload::Manifest,
+    ) -> (Vec<u8>, DeltaStats) {
+        use std::io::Write;
+        let mut payload_file = tempfile::NamedTempFile::new().unwrap();
+        payload_file.write_all(payload).unwrap();
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        let (booted_at, target_at) = (0, 1 << 20);
+        disk.as_file()
+            .write_all_at(&noise(old.len(), 23), booted_at)
+            .unwrap();
+        disk.as_file().write_all_at(old, target_at).unwrap();
+        let source = crate::source::FileSource::open(payload_file.path()).unwrap();
+        let mut reader =
+            ResumingReader::new(Box::new(source), 0, crate::source::RetryPolicy::default())
+                .unwrap();
+        let slots = Slots {
+            booted: (disk.as_file(), booted_at),
+            target: (disk.as_file(), target_at),
+            resuming: false,
+        };
+        let mut stats = DeltaStats::default();
+        let file = disk.as_file();
+        let mut sink = |_: u32, e: &ChunkEntry, data: Option<&[u8]>| -> Result<(), ()> {
+            if let Some(data) = data {
+                file.write_all_at(data, target_at + e.image_offset).unwrap();
+            }
+            Ok(())
+        };
+        let mut decoder = ChunkDecoder::for_manifest(manifest).unwrap();
+        let applied = apply(
+            entries,
+            0,
+            p,
+            &slots,
+            &mut reader,
+            &mut decoder,
+            &mut stats,
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(applied, Applied::Done);
+        let mut out = vec![0u8; new.len()];
+        file.read_exact_at(&mut out, target_at).unwrap();
+        (out, stats)
+    }
+
+    #[test]
+    fn apply_reads_target_chunks_before_overwriting_them_and_the_slot_ends_up_the_new_image() {
+        let (old, new) = rotated();
+        let (payload, entries, manifest) = payload_of(&new);
+        let nothing = LocalIndex::default();
+        let target = LocalIndex::build_keeping_last(&old[..], 60_000, P).unwrap();
+        let p = plan_with_target(&entries, 0, &nothing, Some(&target));
+        assert!(p.reuse_target_bytes > 30_000, "{p:?}");
+        let (slot, stats) = apply_into_target(&old, &new, &p, &entries, &payload, &manifest);
+        assert!(slot == new);
+        assert_eq!(
+            stats.reused_from_target_bytes + stats.in_place_bytes,
+            p.reuse_target_bytes
+        );
+        assert_eq!(stats.damaged_local_chunks, 0);
+    }
+
+    #[test]
+    fn apply_refuses_a_target_chunk_the_rule_forbids_and_fetches_it() {
+        let (old, new) = rotated();
+        let (payload, entries, manifest) = payload_of(&new);
+        let target = LocalIndex::build_keeping_last(&old[..], 60_000, P).unwrap();
+        // A plan that breaks the rule: every chunk the old image has, wherever it is.
+        let mut p = plan_with_target(&entries, 0, &LocalIndex::default(), Some(&target));
+        let mut forced = 0;
+        for (c, src) in entries.iter().zip(p.sources.iter_mut()) {
+            if let (None, Some(s)) = (*src, target.find(&c.sha256, c.image_len)) {
+                assert!(s < c.image_offset);
+                *src = Some(LocalChunk::Target(s));
+                forced += 1;
+            }
+        }
+        assert!(forced > 0);
+        // Read from where the new image's first part now is, these chunks would be wrong;
+        // apply skips them (not counted as damaged) and fetches their frames alone.
+        let (slot, stats) = apply_into_target(&old, &new, &p, &entries, &payload, &manifest);
+        assert!(slot == new);
+        assert_eq!(stats.damaged_local_chunks, 0);
+        assert!(stats.reused_from_target_bytes < 60_000);
     }
 }

@@ -23,6 +23,7 @@
 //! The booted slot is never opened for writing: [`SlotWriter`] only covers the passive slot and
 //! refuses any range outside it; every GPT write re-reads both copies (bootctl) under the lock.
 
+pub mod byteranges;
 pub mod delta;
 pub mod pipeline;
 pub mod resume;
@@ -102,7 +103,11 @@ pub struct InstallReport {
     pub bytes_fetched: u64,
     /// Image bytes copied from the booted slot, each chunk checked against its SHA-256.
     pub bytes_reused: u64,
-    /// Image bytes found already written in the target slot by an interrupted run.
+    /// Image bytes copied from elsewhere in the target slot (an older release it still held),
+    /// each chunk read before anything overwrote it and checked against its SHA-256.
+    pub bytes_reused_from_target: u64,
+    /// Image bytes found already in place in the target slot (written by an interrupted run,
+    /// or the same at the same offset in the release it held), not written again.
     pub bytes_in_place: u64,
     /// Chunks of the booted slot that no longer matched their SHA-256 and were fetched.
     pub damaged_local_chunks: u32,
@@ -252,8 +257,8 @@ pub trait Progress {
     /// Bytes done within the current phase.
     fn advance(&mut self, done: u64);
     /// A delta plan was made: payload bytes to fetch, image bytes to copy from the booted
-    /// slot (reported once, before `writing`).
-    fn delta(&mut self, _fetch_bytes: u64, _reuse_bytes: u64) {}
+    /// slot and from the target slot (reported once, before `writing`).
+    fn delta(&mut self, _fetch_bytes: u64, _reuse_bytes: u64, _reuse_target_bytes: u64) {}
 }
 
 /// Progress that goes nowhere.
@@ -786,26 +791,42 @@ impl InstallPlan {
         let delta_plan = match m.cdc {
             Some(params) if (start as usize) < entries.len() => {
                 progress.phase("indexing", 0);
-                let index = delta::LocalIndex::build_slot(
-                    &file,
-                    self.booted.byte_offset(),
-                    self.booted.byte_len(),
-                    params,
-                    self.opts.threads,
-                )
-                .map_err(|source| InstallError::SlotIo {
-                    action: "indexing".into(),
-                    slot: self.booted.label.clone(),
-                    disk: device.disk.clone(),
-                    offset: self.booted.byte_offset(),
-                    source,
-                })?;
-                let p = delta::plan(entries, start as usize, &index);
+                let index_of = |slot: &Slot, keep_last: bool| {
+                    delta::LocalIndex::build_slot(
+                        &file,
+                        slot.byte_offset(),
+                        slot.byte_len(),
+                        params,
+                        self.opts.threads,
+                        keep_last,
+                    )
+                    .map_err(|source| InstallError::SlotIo {
+                        action: "indexing".into(),
+                        slot: slot.label.clone(),
+                        disk: device.disk.clone(),
+                        offset: slot.byte_offset(),
+                        source,
+                    })
+                };
+                let index = index_of(&self.booted, false)?;
+                let mut p = delta::plan(entries, start as usize, &index);
+                // The target slot often still holds an older release: chunks the booted slot
+                // lacks may be there, at or after where they go (delta::target_source_is_safe).
+                if !p.ranges.is_empty() {
+                    let target_index = index_of(&self.target, true)?;
+                    p = delta::plan_with_target(
+                        entries,
+                        start as usize,
+                        &index,
+                        Some(&target_index),
+                    );
+                }
                 log::info!(
-                    "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse{}",
+                    "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse from the booted slot, {} from the target slot{}",
                     p.fetch_bytes,
                     p.ranges.len(),
                     p.reuse_bytes,
+                    p.reuse_target_bytes,
                     if p.full_download {
                         "; a full download is cheaper"
                     } else {
@@ -813,7 +834,7 @@ impl InstallPlan {
                     }
                 );
                 if !p.full_download {
-                    progress.delta(p.fetch_bytes, p.reuse_bytes);
+                    progress.delta(p.fetch_bytes, p.reuse_bytes, p.reuse_target_bytes);
                 }
                 Some(p).filter(|p| !p.full_download)
             }
@@ -1105,6 +1126,7 @@ impl WrittenSlot {
             delta: self.delta,
             bytes_fetched: self.bytes_fetched,
             bytes_reused: self.stats.reused_bytes,
+            bytes_reused_from_target: self.stats.reused_from_target_bytes,
             bytes_in_place: self.stats.in_place_bytes,
             damaged_local_chunks: self.stats.damaged_local_chunks,
             ranges_ignored: self.stats.ranges_ignored,
