@@ -67,13 +67,13 @@ pub struct PackCmd {
 
 /// The filesystem an image holds, as far as `pack` can read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Filesystem {
+pub(crate) enum Filesystem {
     Squashfs,
     Ext4,
     Other,
 }
 
-fn detect_filesystem(path: &Path) -> anyhow::Result<Filesystem> {
+pub(crate) fn detect_filesystem(path: &Path) -> anyhow::Result<Filesystem> {
     let mut head = vec![0u8; 2048];
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let n = f
@@ -90,7 +90,7 @@ fn detect_filesystem(path: &Path) -> anyhow::Result<Filesystem> {
 }
 
 /// Reads `lib/os-release` out of a squashfs or ext4 image without mounting it.
-fn read_image_os_release(path: &Path, fs: Filesystem) -> anyhow::Result<Option<OsRelease>> {
+pub(crate) fn read_image_os_release(path: &Path, fs: Filesystem) -> anyhow::Result<Option<OsRelease>> {
     let mut cmd = match fs {
         Filesystem::Squashfs => {
             let mut c = Command::new("unsquashfs");
@@ -127,7 +127,7 @@ fn read_image_os_release(path: &Path, fs: Filesystem) -> anyhow::Result<Option<O
 
 /// Picks the value of `key`: from the image when it has one (a given value must agree), else
 /// the given one.
-fn resolve(
+pub(crate) fn resolve(
     key: &str,
     given: Option<&String>,
     image: Option<&OsRelease>,

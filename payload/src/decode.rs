@@ -253,7 +253,7 @@ impl ChunkDecoder {
 /// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
 /// into `out`'s spare capacity. A context per frame: zstd keeps a reference to the prefix, which
 /// changes with every chunk (creating one costs microseconds, decoding a chunk more).
-fn decompress_with_prefix(frame: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+pub(crate) fn decompress_with_prefix(frame: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
     use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
     let name = |code| get_error_name(code).to_string();
     let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
