@@ -97,7 +97,7 @@ pub enum PatchError {
         expected: u64,
     },
     /// A declared length exceeds its named maximum.
-    #[error("patch {what} is {found} bytes, more than the maximum of {max}")]
+    #[error("patch {what} is {found}, more than the maximum of {max}")]
     TooLarge {
         /// What was too large.
         what: &'static str,
@@ -231,7 +231,7 @@ impl PatchHeader {
         let manifest_len = u32_at(b, 16);
         if manifest_len as usize > MAX_PATCH_MANIFEST_LEN {
             return Err(PatchError::TooLarge {
-                what: "manifest",
+                what: "manifest length",
                 found: manifest_len.into(),
                 max: MAX_PATCH_MANIFEST_LEN as u64,
             });
@@ -239,7 +239,7 @@ impl PatchHeader {
         let signatures_len = u32_at(b, 20);
         if signatures_len as usize > MAX_SIGNATURE_BLOCK_LEN {
             return Err(PatchError::TooLarge {
-                what: "signature block",
+                what: "signature block length",
                 found: signatures_len.into(),
                 max: MAX_SIGNATURE_BLOCK_LEN as u64,
             });
@@ -292,7 +292,7 @@ impl PatchManifest {
     pub fn parse(b: &[u8]) -> Result<PatchManifest, PatchError> {
         if b.len() > MAX_PATCH_MANIFEST_LEN {
             return Err(PatchError::TooLarge {
-                what: "manifest",
+                what: "manifest length",
                 found: b.len() as u64,
                 max: MAX_PATCH_MANIFEST_LEN as u64,
             });
@@ -468,7 +468,7 @@ impl VerifiedPatch {
     pub fn parse(bytes: Vec<u8>, keys: &TrustedKeys) -> Result<VerifiedPatch, PatchError> {
         if bytes.len() as u64 > MAX_PATCH_LEN {
             return Err(PatchError::TooLarge {
-                what: "file",
+                what: "file length",
                 found: bytes.len() as u64,
                 max: MAX_PATCH_LEN,
             });
@@ -702,5 +702,7 @@ fn check_record(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests;
 #[cfg(feature = "writer")]
 pub mod write;

@@ -76,6 +76,20 @@ fn refuse(action: String) -> PatchError {
     }
 }
 
+/// Reads a file from its start by positioned reads (whatever its handle's position).
+struct FromStart<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for FromStart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,
@@ -137,7 +151,7 @@ pub fn make_patch(
 
     // The base: its chunks by hash, its size and hash, in one pass.
     let mut hashing = Hashing {
-        inner: std::io::BufReader::with_capacity(1 << 20, base),
+        inner: std::io::BufReader::with_capacity(1 << 20, FromStart { file: base, at: 0 }),
         hash: Sha256::new(),
         len: 0,
     };
@@ -254,7 +268,6 @@ pub fn make_patch(
     }
     summary.records = records.len() as u32;
 
-    let table: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
     let manifest = PatchManifest {
         created: opts.created,
         target_image_sha256: m.image_sha256,
@@ -262,33 +275,11 @@ pub fn make_patch(
         target_image_size: m.image_size,
         base_image_size: base_size,
         base_image_sha256: base_sha256,
-        record_count: records.len() as u32,
-        record_table_sha256: Sha256Digest::of(&table),
+        record_count: 0,
+        record_table_sha256: Sha256Digest::default(),
         base_version: opts.base_version.clone(),
     };
-    let manifest_bytes = manifest.encode();
-    let block = SignatureBlock {
-        signatures: keys
-            .iter()
-            .map(|k| Signature {
-                key_id: KeyId::of(&k.verifying_key()),
-                signature: k.sign(&manifest_bytes).to_bytes(),
-            })
-            .collect(),
-    }
-    .encode();
-    debug_assert_eq!(block.len(), 4 + keys.len() * SIGNATURE_RECORD_LEN);
-    let header = PatchHeader {
-        manifest_len: manifest_bytes.len() as u32,
-        signatures_len: block.len() as u32,
-    };
-    let mut out = header.encode().to_vec();
-    out.extend_from_slice(&manifest_bytes);
-    out.extend_from_slice(&block);
-    out.extend_from_slice(&table);
-    for f in &kept_frames {
-        out.extend_from_slice(f);
-    }
+    let out = assemble(manifest, &records, &kept_frames, keys);
     summary.patch_len = out.len() as u64;
     Ok((out, summary))
 }
@@ -297,7 +288,7 @@ pub fn make_patch(
 fn check_target(target: &File, prelude: &VerifiedPrelude) -> Result<(), PatchError> {
     let m = &prelude.manifest;
     let mut hashing = Hashing {
-        inner: std::io::BufReader::with_capacity(1 << 20, target),
+        inner: std::io::BufReader::with_capacity(1 << 20, FromStart { file: target, at: 0 }),
         hash: Sha256::new(),
         len: 0,
     };
@@ -390,7 +381,10 @@ fn compress(
     let need = u64::from(c.base_len) + u64::from(c.out_len);
     let window_log = (64 - (need - 1).leading_zeros()).clamp(10, MAX_PATCH_WINDOW_LOG);
     // A context per record: it references the base region, which changes every time.
-    let mut cctx = CCtx::try_create().ok_or_else(|| zerr(0))?;
+    let mut cctx = CCtx::try_create().ok_or_else(|| PatchError::Io {
+        action: "creating a zstd context".into(),
+        source: std::io::ErrorKind::OutOfMemory.into(),
+    })?;
     for p in [
         CParameter::CompressionLevel(level),
         CParameter::WindowLog(window_log),
@@ -404,4 +398,42 @@ fn compress(
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(new.len()));
     cctx.compress2(&mut frame, new).map_err(zerr)?;
     Ok(frame)
+}
+
+/// Lays out a patch: `manifest` (whose record count and table hash are filled in here) signed
+/// by `keys`, the table of `records`, and `frames` (one per record, whose lengths the records
+/// must carry). Tests use it to sign patches that break the format's rules.
+pub fn assemble(
+    mut manifest: PatchManifest,
+    records: &[PatchRecord],
+    frames: &[Vec<u8>],
+    keys: &[SigningKey],
+) -> Vec<u8> {
+    let table: Vec<u8> = records.iter().flat_map(|r| r.encode()).collect();
+    manifest.record_count = records.len() as u32;
+    manifest.record_table_sha256 = Sha256Digest::of(&table);
+    let manifest_bytes = manifest.encode();
+    let block = SignatureBlock {
+        signatures: keys
+            .iter()
+            .map(|k| Signature {
+                key_id: KeyId::of(&k.verifying_key()),
+                signature: k.sign(&manifest_bytes).to_bytes(),
+            })
+            .collect(),
+    }
+    .encode();
+    debug_assert_eq!(block.len(), 4 + keys.len() * SIGNATURE_RECORD_LEN);
+    let header = PatchHeader {
+        manifest_len: manifest_bytes.len() as u32,
+        signatures_len: block.len() as u32,
+    };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(&manifest_bytes);
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&table);
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    out
 }
