@@ -90,7 +90,10 @@ pub(crate) fn detect_filesystem(path: &Path) -> anyhow::Result<Filesystem> {
 }
 
 /// Reads `lib/os-release` out of a squashfs or ext4 image without mounting it.
-pub(crate) fn read_image_os_release(path: &Path, fs: Filesystem) -> anyhow::Result<Option<OsRelease>> {
+pub(crate) fn read_image_os_release(
+    path: &Path,
+    fs: Filesystem,
+) -> anyhow::Result<Option<OsRelease>> {
     let mut cmd = match fs {
         Filesystem::Squashfs => {
             let mut c = Command::new("unsquashfs");

@@ -5,7 +5,9 @@
 //! and the payload come from the same publisher), the new image is checked against the
 //! payload's manifest, and the base version comes from the old image's `lib/os-release` (or
 //! `--from-version`). The work is done by [`ab_payload::patch::write`].
-use crate::pack::{detect_filesystem, load_secret_key, now_or_source_date_epoch, read_image_os_release, resolve};
+use crate::pack::{
+    detect_filesystem, load_secret_key, now_or_source_date_epoch, read_image_os_release, resolve,
+};
 use ab_payload::patch::write::{make_patch, PatchOptions, DEFAULT_PATCH_LEVEL};
 use ab_payload::{self as payload, TrustedKeys};
 use anyhow::Context;
@@ -95,7 +97,10 @@ impl PatchCmd {
         let open = |p: &PathBuf, what: &str| {
             File::open(p).with_context(|| format!("opening {what} {}", p.display()))
         };
-        let (base, target) = (open(&self.from, "old image")?, open(&self.image, "new image")?);
+        let (base, target) = (
+            open(&self.from, "old image")?,
+            open(&self.image, "new image")?,
+        );
         let opts = PatchOptions {
             base_version,
             created: now_or_source_date_epoch()?,
@@ -111,8 +116,8 @@ impl PatchCmd {
             bar.set_length(total);
             bar.set_position(done);
         };
-        let (bytes, s) = make_patch(&base, &target, &prelude, &keys, &opts, &tick)
-            .with_context(|| {
+        let (bytes, s) =
+            make_patch(&base, &target, &prelude, &keys, &opts, &tick).with_context(|| {
                 format!(
                     "making a patch from {} to {}",
                     self.from.display(),

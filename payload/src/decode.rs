@@ -253,7 +253,11 @@ impl ChunkDecoder {
 /// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
 /// into `out`'s spare capacity. A context per frame: zstd keeps a reference to the prefix, which
 /// changes with every chunk (creating one costs microseconds, decoding a chunk more).
-pub(crate) fn decompress_with_prefix(frame: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+pub(crate) fn decompress_with_prefix(
+    frame: &[u8],
+    prefix: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
     use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
     let name = |code| get_error_name(code).to_string();
     let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
@@ -272,7 +276,10 @@ mod tests {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
         for len in [1usize, 100, 4096, 9999] {
             for piece in [1usize, 7, 100, 4096, 20_000] {
-                let mut w = PrefixWindow { len, buf: Vec::new() };
+                let mut w = PrefixWindow {
+                    len,
+                    buf: Vec::new(),
+                };
                 let mut fed = 0;
                 for p in data.chunks(piece) {
                     w.push(p);

@@ -632,14 +632,22 @@ impl VerifiedPatch {
         }
         match zstd::zstd_safe::find_frame_compressed_size(frame) {
             Ok(n) if n == frame.len() => {}
-            Ok(n) => return Err(bad(format!("frame is {n} bytes, the record says {}", frame.len()))),
+            Ok(n) => {
+                return Err(bad(format!(
+                    "frame is {n} bytes, the record says {}",
+                    frame.len()
+                )))
+            }
             Err(code) => return Err(bad(zstd::zstd_safe::get_error_name(code).into())),
         }
         out.clear();
         out.reserve_exact(r.output_len as usize);
         let n = decompress_with_prefix(frame, base, out).map_err(bad)?;
         if n != r.output_len as usize {
-            return Err(bad(format!("{n} bytes decoded, the record says {}", r.output_len)));
+            return Err(bad(format!(
+                "{n} bytes decoded, the record says {}",
+                r.output_len
+            )));
         }
         Ok(())
     }
@@ -674,7 +682,11 @@ fn check_record(
         ));
     }
     if u64::from(r.first_chunk) + u64::from(r.chunk_count) > u64::from(u32::MAX) {
-        return Err(bad("chunk_count", r.chunk_count.into(), "runs past chunk 2^32"));
+        return Err(bad(
+            "chunk_count",
+            r.chunk_count.into(),
+            "runs past chunk 2^32",
+        ));
     }
     if r.base_len == 0 || r.base_len > MAX_PATCH_BASE_LEN {
         return Err(bad("base_len", r.base_len.into(), "must be 1 to 4194304"));
@@ -683,13 +695,25 @@ fn check_record(
         .checked_add(r.base_len.into())
         .is_none_or(|end| end > m.base_image_size)
     {
-        return Err(bad("base_offset", r.base_offset, "region runs past the base image"));
+        return Err(bad(
+            "base_offset",
+            r.base_offset,
+            "region runs past the base image",
+        ));
     }
     if r.output_len == 0 || r.output_len > MAX_PATCH_OUTPUT_LEN {
-        return Err(bad("output_len", r.output_len.into(), "must be 1 to 4194304"));
+        return Err(bad(
+            "output_len",
+            r.output_len.into(),
+            "must be 1 to 4194304",
+        ));
     }
     if u64::from(r.chunk_count) > u64::from(r.output_len) {
-        return Err(bad("chunk_count", r.chunk_count.into(), "more chunks than bytes"));
+        return Err(bad(
+            "chunk_count",
+            r.chunk_count.into(),
+            "more chunks than bytes",
+        ));
     }
     let bound = zstd::zstd_safe::compress_bound(r.output_len as usize) as u64;
     if r.frame_len == 0 || u64::from(r.frame_len) > bound {

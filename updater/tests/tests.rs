@@ -13,5 +13,6 @@ mod http;
 mod install;
 mod netboot;
 mod netfaults;
+mod patch;
 mod payload;
 mod util;

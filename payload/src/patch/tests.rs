@@ -99,7 +99,10 @@ fn a_patch_rebuilds_the_chunks_the_base_lacks_from_less_than_their_payload_frame
     let p = pair();
     let (bytes, summary) = make(&p, "1.0");
     assert!(summary.covered_chunks > 0, "{summary:?}");
-    assert!(summary.record_frame_bytes < summary.replaced_frame_bytes / 4, "{summary:?}");
+    assert!(
+        summary.record_frame_bytes < summary.replaced_frame_bytes / 4,
+        "{summary:?}"
+    );
     let patch = VerifiedPatch::parse(bytes, &keys()).unwrap();
     assert_eq!(patch.manifest.base_version, "1.0");
     assert_eq!(patch.manifest.base_image_size, 300_000);
@@ -128,8 +131,15 @@ fn a_base_version_that_cannot_name_a_file_is_refused_by_the_writer() {
         level: 3,
         threads: 1,
     };
-    let e = make_patch(base.as_file(), target.as_file(), &p.prelude, &[key()], &opts, &|_, _| {})
-        .unwrap_err();
+    let e = make_patch(
+        base.as_file(),
+        target.as_file(),
+        &p.prelude,
+        &[key()],
+        &opts,
+        &|_, _| {},
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "patch base version \"../1\" is not 1 to 128 of [A-Za-z0-9._+~-]"
@@ -148,10 +158,18 @@ fn a_target_image_that_is_not_the_payloads_is_refused_by_the_writer() {
         level: 3,
         threads: 1,
     };
-    let e = make_patch(base.as_file(), target.as_file(), &p.prelude, &[key()], &opts, &|_, _| {})
-        .unwrap_err();
+    let e = make_patch(
+        base.as_file(),
+        target.as_file(),
+        &p.prelude,
+        &[key()],
+        &opts,
+        &|_, _| {},
+    )
+    .unwrap_err();
     assert!(
-        e.to_string().starts_with("checking the target image: 305000 bytes with SHA-256"),
+        e.to_string()
+            .starts_with("checking the target image: 305000 bytes with SHA-256"),
         "{e}"
     );
 }
@@ -174,7 +192,9 @@ fn recrc(b: &mut [u8]) {
 }
 
 fn parse_err(bytes: Vec<u8>) -> String {
-    VerifiedPatch::parse(bytes, &keys()).unwrap_err().to_string()
+    VerifiedPatch::parse(bytes, &keys())
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -272,7 +292,9 @@ fn damaged_or_unsigned_patches_are_refused_with_the_exact_reason() {
         "patch file length is 33554433, more than the maximum of 33554432"
     );
     let stranger = TrustedKeys::new([SigningKey::from_bytes(&[1u8; 32]).verifying_key()]);
-    let e = VerifiedPatch::parse(good, &stranger).unwrap_err().to_string();
+    let e = VerifiedPatch::parse(good, &stranger)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         format!(
@@ -298,7 +320,10 @@ fn signed_records_that_break_the_rules_are_refused() {
     assert!(!records.is_empty());
     type Edit = fn(&mut PatchRecord);
     let cases: [(Edit, &str); 6] = [
-        (|r| r.chunk_count = 0, "patch record 0: chunk_count is 0, must be at least 1"),
+        (
+            |r| r.chunk_count = 0,
+            "patch record 0: chunk_count is 0, must be at least 1",
+        ),
         (
             |r| r.base_len = MAX_PATCH_BASE_LEN + 1,
             "patch record 0: base_len is 4194305, must be 1 to 4194304",
@@ -371,7 +396,10 @@ fn a_patch_for_another_payload_or_with_wrong_lengths_does_not_bind() {
     let r = patch.records.last().unwrap();
     let short = &p.prelude.chunks.entries[..(r.first_chunk + r.chunk_count - 1) as usize];
     assert_eq!(
-        patch.bind(&p.prelude.manifest, short).unwrap_err().to_string(),
+        patch
+            .bind(&p.prelude.manifest, short)
+            .unwrap_err()
+            .to_string(),
         format!(
             "patch record {}: first_chunk + chunk_count is {}, past the payload's chunk count",
             patch.records.len() - 1,
@@ -398,10 +426,13 @@ fn a_record_decodes_only_against_its_own_base_region_and_an_intact_frame() {
     let (m, records, mut frames) = parts(&p);
     let r = records[0];
     let mut region = p.base[r.base_offset as usize..][..r.base_len as usize].to_vec();
-    let patch = VerifiedPatch::parse(assemble(m.clone(), &records, &frames, &[key()]), &keys())
-        .unwrap();
+    let patch =
+        VerifiedPatch::parse(assemble(m.clone(), &records, &frames, &[key()]), &keys()).unwrap();
     region[10] ^= 1;
-    let e = patch.decode(0, &region, &mut Vec::new()).unwrap_err().to_string();
+    let e = patch
+        .decode(0, &region, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with(&format!(
             "patch record 0: base bytes {}..{} have SHA-256",
@@ -418,7 +449,10 @@ fn a_record_decodes_only_against_its_own_base_region_and_an_intact_frame() {
     // A damaged frame either fails to decode or decodes to other bytes, which the device's
     // check against the payload's chunk hashes catches.
     match damaged.decode(0, &region, &mut out) {
-        Err(e) => assert!(e.to_string().starts_with("patch record 0: bad frame: "), "{e}"),
+        Err(e) => assert!(
+            e.to_string().starts_with("patch record 0: bad frame: "),
+            "{e}"
+        ),
         Ok(()) => {
             let at = p.prelude.chunks.entries[r.first_chunk as usize].image_offset as usize;
             assert!(out != p.target[at..at + out.len()]);

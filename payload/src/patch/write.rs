@@ -18,7 +18,9 @@ use super::{
     PATCH_RECORD_LEN,
 };
 use crate::cdc::Chunker;
-use crate::{KeyId, Sha256Digest, Signature, SignatureBlock, VerifiedPrelude, SIGNATURE_RECORD_LEN};
+use crate::{
+    KeyId, Sha256Digest, Signature, SignatureBlock, VerifiedPrelude, SIGNATURE_RECORD_LEN,
+};
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -288,7 +290,13 @@ pub fn make_patch(
 fn check_target(target: &File, prelude: &VerifiedPrelude) -> Result<(), PatchError> {
     let m = &prelude.manifest;
     let mut hashing = Hashing {
-        inner: std::io::BufReader::with_capacity(1 << 20, FromStart { file: target, at: 0 }),
+        inner: std::io::BufReader::with_capacity(
+            1 << 20,
+            FromStart {
+                file: target,
+                at: 0,
+            },
+        ),
         hash: Sha256::new(),
         len: 0,
     };
@@ -331,13 +339,15 @@ fn split_run(
     while first < run.end {
         let mut end = first;
         let mut len = 0u64;
-        while end < run.end && len + u64::from(entries[end].image_len) <= MAX_PATCH_OUTPUT_LEN.into()
+        while end < run.end
+            && len + u64::from(entries[end].image_len) <= MAX_PATCH_OUTPUT_LEN.into()
         {
             len += u64::from(entries[end].image_len);
             end += 1;
         }
         let at = entries[first].image_offset;
-        let map = |t: u64| o0 + ((o1 - o0) as u128 * u128::from(t - t0) / u128::from(t1 - t0)) as u64;
+        let map =
+            |t: u64| o0 + ((o1 - o0) as u128 * u128::from(t - t0) / u128::from(t1 - t0)) as u64;
         let (b0, b1) = (map(at), map(at + len));
         let want = (b1 - b0 + 2 * REGION_MARGIN).min(MAX_PATCH_BASE_LEN.into());
         let base_len = want.min(base_size);

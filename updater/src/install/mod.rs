@@ -108,7 +108,8 @@ pub struct InstallReport {
     /// Chunks of the booted slot that no longer matched their SHA-256 and were fetched.
     pub damaged_local_chunks: u32,
     /// The server ignored range requests: the payload was downloaded whole.
-    pub ranges_ignored: bool,    /// Image bytes decoded from a publish-time patch for the booted version (each chunk
+    pub ranges_ignored: bool,
+    /// Image bytes decoded from a publish-time patch for the booted version (each chunk
     /// checked against its SHA-256), not fetched from the payload.
     pub bytes_from_patch: u64,
     /// Bytes of that patch received (0: no patch used).
@@ -438,7 +439,8 @@ pub struct InstallPlan {
     start: u32,
     booted: Slot,
     /// A checkpoint of this payload and slot was found: chunks past it may be written.
-    resuming: bool,    /// A checked patch from the booted version to this payload, and its bytes received.
+    resuming: bool,
+    /// A checked patch from the booted version to this payload, and its bytes received.
     patch: Option<payload::patch::VerifiedPatch>,
     patch_fetched: u64,
 }
@@ -747,7 +749,13 @@ impl InstallPlan {
                 let mut p = delta::plan(entries, start as usize, &index);
                 if let Some(patch) = self.patch.take() {
                     let booted = (&file, self.booted.byte_offset());
-                    patched = Some(patch::Patched::attach(patch, &mut p, entries, start as usize, booted));
+                    patched = Some(patch::Patched::attach(
+                        patch,
+                        &mut p,
+                        entries,
+                        start as usize,
+                        booted,
+                    ));
                 }
                 log::info!(
                     "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse{}",

@@ -103,7 +103,7 @@ pub fn load(
         p.bind(manifest, entries)?;
         if p.manifest.base_image_size > booted_len {
             return Err(PatchError::TooLarge {
-                what: "base image (for the booted slot)",
+                what: "base image size (for the booted slot)",
                 found: p.manifest.base_image_size,
                 max: booted_len,
             });
@@ -139,7 +139,7 @@ impl<'a> Patched<'a> {
     /// Uses `patch` for chunks `start..` of `entries`: the chunks its records cover that
     /// `plan` would fetch are removed from the plan's ranges (a range is split where the
     /// removed frames span more than [`MAX_GAP`]), and the plan's fetch total and full-download
-    /// decision are recomputed. `booted`: the booted slot (disk handle, byte offset).
+    /// decision are recomputed (the patch itself is fetched already). `booted`: the booted slot (disk handle, byte offset).
     pub fn attach(
         patch: VerifiedPatch,
         plan: &mut DeltaPlan,
@@ -147,7 +147,9 @@ impl<'a> Patched<'a> {
         start: usize,
         booted: (&'a File, u64),
     ) -> Patched<'a> {
-        let covered = |i: usize| i >= start && plan.sources[i].is_none() && patch.record_of(i as u32).is_some();
+        let covered = |i: usize| {
+            i >= start && plan.sources[i].is_none() && patch.record_of(i as u32).is_some()
+        };
         let mut ranges = Vec::new();
         for r in &plan.ranges {
             // Frames of the range to keep, as (start, end) runs joined across small gaps.
@@ -174,8 +176,9 @@ impl<'a> Patched<'a> {
             .iter()
             .map(|e| u64::from(e.frame_len))
             .sum();
-        plan.full_download = frames > 0
-            && (plan.fetch_bytes + patch.file_len()) as f64 >= frames as f64 * FULL_DOWNLOAD_RATIO;
+        // The patch is fetched already: only what is left counts.
+        plan.full_download =
+            frames > 0 && plan.fetch_bytes as f64 >= frames as f64 * FULL_DOWNLOAD_RATIO;
         let records = patch.records.len();
         let starts = patch
             .records
@@ -219,7 +222,9 @@ impl<'a> Patched<'a> {
                 true
             }
             Err(err) => {
-                log::warn!("patch record {rec} unusable, fetching its chunks from the payload: {err}");
+                log::warn!(
+                    "patch record {rec} unusable, fetching its chunks from the payload: {err}"
+                );
                 self.usable.borrow_mut()[rec] = false;
                 self.failed.set(self.failed.get() + 1);
                 *self.run.borrow_mut() = None;
@@ -228,7 +233,13 @@ impl<'a> Patched<'a> {
         }
     }
 
-    fn take(&self, rec: usize, index: u32, e: &ChunkEntry, out: &mut Vec<u8>) -> Result<(), String> {
+    fn take(
+        &self,
+        rec: usize,
+        index: u32,
+        e: &ChunkEntry,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let mut run = self.run.borrow_mut();
         if run.as_ref().is_none_or(|(r, _)| *r != rec) {
             let r = &self.patch.records[rec];
