@@ -5,9 +5,7 @@
 //! and the payload come from the same publisher), the new image is checked against the
 //! payload's manifest, and the base version comes from the old image's `lib/os-release` (or
 //! `--from-version`). The work is done by [`ab_payload::patch::write`].
-use crate::pack::{
-    detect_filesystem, load_secret_key, now_or_source_date_epoch, read_image_os_release, resolve,
-};
+use crate::pack::{image_os_release, load_secret_keys, now_or_source_date_epoch, resolve};
 use ab_payload::patch::write::{make_patch, PatchOptions, DEFAULT_PATCH_LEVEL};
 use ab_payload::{self as payload, TrustedKeys};
 use anyhow::Context;
@@ -63,19 +61,14 @@ pub struct PatchCmd {
 impl PatchCmd {
     /// Runs the command.
     pub fn run(&self) -> anyhow::Result<()> {
-        let fs = detect_filesystem(&self.from)?;
-        let release = read_image_os_release(&self.from, fs)?;
+        let release = image_os_release(&self.from)?;
         let base_version = resolve(
             "IMAGE_VERSION",
             self.from_version.as_ref(),
             release.as_ref(),
             &self.from,
         )?;
-        let keys = self
-            .key
-            .iter()
-            .map(|k| load_secret_key(k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let keys = load_secret_keys(&self.key)?;
         let trusted = TrustedKeys::new([keys[0].verifying_key()]);
         let f = File::open(&self.payload)
             .with_context(|| format!("opening payload {}", self.payload.display()))?;

@@ -75,8 +75,14 @@ fn pair() -> Pair {
     }
 }
 
-fn make(p: &Pair, version: &str) -> (Vec<u8>, write::PatchSummary) {
-    let (base, target) = (file(&p.base), file(&p.target));
+/// `make_patch` from `base` to `target` (the pair's payload image or not), named `version`.
+fn try_make(
+    p: &Pair,
+    base: &[u8],
+    target: &[u8],
+    version: &str,
+) -> Result<(Vec<u8>, write::PatchSummary), PatchError> {
+    let (base, target) = (file(base), file(target));
     let opts = PatchOptions {
         base_version: version.into(),
         created: 7,
@@ -91,7 +97,10 @@ fn make(p: &Pair, version: &str) -> (Vec<u8>, write::PatchSummary) {
         &opts,
         &|_, _| {},
     )
-    .unwrap()
+}
+
+fn make(p: &Pair, version: &str) -> (Vec<u8>, write::PatchSummary) {
+    try_make(p, &p.base, &p.target, version).unwrap()
 }
 
 #[test]
@@ -124,22 +133,7 @@ fn a_patch_rebuilds_the_chunks_the_base_lacks_from_less_than_their_payload_frame
 #[test]
 fn a_base_version_that_cannot_name_a_file_is_refused_by_the_writer() {
     let p = pair();
-    let (base, target) = (file(&p.base), file(&p.target));
-    let opts = PatchOptions {
-        base_version: "../1".into(),
-        created: 0,
-        level: 3,
-        threads: 1,
-    };
-    let e = make_patch(
-        base.as_file(),
-        target.as_file(),
-        &p.prelude,
-        &[key()],
-        &opts,
-        &|_, _| {},
-    )
-    .unwrap_err();
+    let e = try_make(&p, &p.base, &p.target, "../1").unwrap_err();
     assert_eq!(
         e.to_string(),
         "patch base version \"../1\" is not 1 to 128 of [A-Za-z0-9._+~-]"
@@ -151,22 +145,7 @@ fn a_target_image_that_is_not_the_payloads_is_refused_by_the_writer() {
     let p = pair();
     let mut other = p.target.clone();
     other[5] ^= 1;
-    let (base, target) = (file(&p.base), file(&other));
-    let opts = PatchOptions {
-        base_version: "1".into(),
-        created: 0,
-        level: 3,
-        threads: 1,
-    };
-    let e = make_patch(
-        base.as_file(),
-        target.as_file(),
-        &p.prelude,
-        &[key()],
-        &opts,
-        &|_, _| {},
-    )
-    .unwrap_err();
+    let e = try_make(&p, &p.base, &other, "1").unwrap_err();
     assert!(
         e.to_string()
             .starts_with("checking the target image: 305000 bytes with SHA-256"),

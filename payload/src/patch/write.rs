@@ -202,36 +202,21 @@ pub fn make_patch(
     }
 
     // Compress on all threads; each reads its own regions.
-    let threads = opts.threads.clamp(1, candidates.len().max(1));
     let done = std::sync::atomic::AtomicU64::new(0);
     let total = candidates.len() as u64;
-    let frames: Vec<Result<Vec<u8>, PatchError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (candidates, done) = (&candidates, &done);
-                s.spawn(move || {
-                    let (mut old, mut new) = (Vec::new(), Vec::new());
-                    candidates
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| i % threads == t)
-                        .map(|(i, c)| {
-                            let f = compress(base, target, c, opts.level, &mut old, &mut new);
-                            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                            progress(n, total);
-                            (i, f)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<_> = handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("compression thread panicked"))
-            .collect();
-        all.sort_by_key(|(i, _)| *i);
-        all.into_iter().map(|(_, f)| f).collect()
-    });
+    let frames = crate::writer::map_parallel(
+        opts.threads,
+        &candidates,
+        || (Vec::new(), Vec::new()),
+        |(old, new), _, c| {
+            let f = compress(base, target, c, opts.level, old, new);
+            progress(
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                total,
+            );
+            f
+        },
+    );
 
     let mut records = Vec::new();
     let mut kept_frames = Vec::new();
