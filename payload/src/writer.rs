@@ -217,15 +217,7 @@ pub fn build_prelude(
     .encode_for(manifest.format_version());
     manifest.chunk_table_sha256 = Sha256Digest::of(&table);
     let manifest_bytes = manifest.encode();
-    let block = SignatureBlock {
-        signatures: keys
-            .iter()
-            .map(|k| Signature {
-                key_id: KeyId::of(&k.verifying_key()),
-                signature: k.sign(&manifest_bytes).to_bytes(),
-            })
-            .collect(),
-    };
+    let block = sign(&manifest_bytes, keys);
     let header = Header {
         format_version: manifest.format_version(),
         manifest_len: manifest_len as u32,
@@ -236,6 +228,19 @@ pub fn build_prelude(
     out.extend_from_slice(&block.encode());
     out.extend_from_slice(&table);
     (manifest, out)
+}
+
+/// The signature block of `keys` over the exact `manifest` bytes (payloads and patches).
+pub fn sign(manifest: &[u8], keys: &[SigningKey]) -> SignatureBlock {
+    SignatureBlock {
+        signatures: keys
+            .iter()
+            .map(|k| Signature {
+                key_id: KeyId::of(&k.verifying_key()),
+                signature: k.sign(manifest).to_bytes(),
+            })
+            .collect(),
+    }
 }
 
 fn blank_manifest(opts: &PackOptions, image_size: u64) -> Manifest {

@@ -18,10 +18,8 @@ use super::{
     PATCH_RECORD_LEN,
 };
 use crate::cdc::Chunker;
-use crate::{
-    KeyId, Sha256Digest, Signature, SignatureBlock, VerifiedPrelude, SIGNATURE_RECORD_LEN,
-};
-use ed25519_dalek::{Signer, SigningKey};
+use crate::{Sha256Digest, VerifiedPrelude, SIGNATURE_RECORD_LEN};
+use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
@@ -408,16 +406,7 @@ pub fn assemble(
     manifest.record_count = records.len() as u32;
     manifest.record_table_sha256 = Sha256Digest::of(&table);
     let manifest_bytes = manifest.encode();
-    let block = SignatureBlock {
-        signatures: keys
-            .iter()
-            .map(|k| Signature {
-                key_id: KeyId::of(&k.verifying_key()),
-                signature: k.sign(&manifest_bytes).to_bytes(),
-            })
-            .collect(),
-    }
-    .encode();
+    let block = crate::writer::sign(&manifest_bytes, keys).encode();
     debug_assert_eq!(block.len(), 4 + keys.len() * SIGNATURE_RECORD_LEN);
     let header = PatchHeader {
         manifest_len: manifest_bytes.len() as u32,

@@ -282,7 +282,6 @@ impl<'a> Patched<'a> {
 /// Looks for, fetches and checks the patch from `booted_version` to the version 2 payload
 /// `prelude` read from `source_name` ([`fetch`], [`load`]): the checked patch (if any) and the
 /// bytes received. A payload on a block device, or of format 1, has no patch.
-#[allow(clippy::too_many_arguments)]
 pub fn find(
     source_name: &str,
     block_device: bool,
