@@ -212,3 +212,28 @@ fn a_damaged_base_region_in_the_booted_slot_makes_its_chunks_fetched_instead() {
     assert!(n(&report, "bytes_from_patch") < n(&clean, "bytes_from_patch"));
     assert!(n(&report, "bytes_fetched") > n(&clean, "bytes_fetched"));
 }
+
+#[test]
+fn something_else_under_the_patch_name_is_dropped_after_its_header() {
+    let (old, new) = pair();
+    let payload = v2_parts(&new, "2.0").assemble(&[util::test_key()]);
+    // A server that answers the patch's name with the payload (a catch-all, a bad rewrite).
+    let (nginx, _d) = serve(&[("p", &payload), ("p.from-1.0.patch", &payload)]);
+    let dev = booted_with(&old);
+    let out = dev.updater(&["--json", "install", &nginx.url("p")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("p.from-1.0.patch: not a patch: magic is \"UPDPAYLD\""),
+        "{stderr}"
+    );
+    assert_installed(&dev, &new);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(n(&report, "bytes_from_patch"), 0);
+    // Read up to the header (and what the reader buffered), not the whole file.
+    assert!(
+        n(&report, "patch_bytes_fetched") < payload.len() as u64 / 2,
+        "{report}"
+    );
+}

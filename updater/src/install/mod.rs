@@ -112,7 +112,7 @@ pub struct InstallReport {
     /// Image bytes decoded from a publish-time patch for the booted version (each chunk
     /// checked against its SHA-256), not fetched from the payload.
     pub bytes_from_patch: u64,
-    /// Bytes of that patch received (0: no patch used).
+    /// Bytes received for that patch (also when it then was not used).
     pub patch_bytes_fetched: u64,
     /// Records of the patch that failed (their chunks were fetched from the payload).
     pub patch_failed_records: u32,

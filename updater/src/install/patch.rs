@@ -18,7 +18,8 @@
 
 use super::delta::{DeltaPlan, FULL_DOWNLOAD_RATIO, MAX_GAP};
 use crate::payload::patch::{
-    patch_file_name, PatchError, VerifiedPatch, MAX_PATCH_LEN, MAX_PATCH_OUTPUT_LEN,
+    patch_file_name, PatchError, PatchHeader, VerifiedPatch, MAX_PATCH_LEN, MAX_PATCH_OUTPUT_LEN,
+    PATCH_HEADER_LEN,
 };
 use crate::payload::{ChunkEntry, Manifest, Sha256Digest, TrustedKeys};
 use crate::source::{FileSource, HttpSource, ResumingReader, RetryPolicy, Source, SourceError};
@@ -42,10 +43,12 @@ fn is_absent(e: &std::io::Error) -> bool {
 }
 
 /// Fetches the patch from `booted_version` for the payload at `payload` (a URL or a path, as
-/// the payload source describes itself). `None`: no patch (absent silently, else with a
-/// warning). Returns the patch bytes and the bytes received.
-pub fn fetch(payload: &str, booted_version: &str, retry: RetryPolicy) -> Option<(Vec<u8>, u64)> {
-    let name = patch_file_name(payload, booted_version)?;
+/// the payload source describes itself): the patch bytes, if there is a patch (absent: `None`
+/// silently; any other failure: `None` with a warning), and the bytes received either way.
+pub fn fetch(payload: &str, booted_version: &str, retry: RetryPolicy) -> (Option<Vec<u8>>, u64) {
+    let Some(name) = patch_file_name(payload, booted_version) else {
+        return (None, 0);
+    };
     let source: Box<dyn Source> = if name.starts_with("http://") || name.starts_with("https://") {
         Box::new(HttpSource::new(
             &name,
@@ -55,36 +58,47 @@ pub fn fetch(payload: &str, booted_version: &str, retry: RetryPolicy) -> Option<
     } else {
         match FileSource::open(std::path::Path::new(&name)) {
             Ok(f) => Box::new(f),
-            Err(e) if is_absent(&e) => return None,
+            Err(e) if is_absent(&e) => return (None, 0),
             Err(e) => {
                 log::warn!("not using patch {name}: opening it: {e}");
-                return None;
+                return (None, 0);
             }
         }
     };
-    let read = || -> std::io::Result<(Vec<u8>, u64)> {
-        let mut reader = ResumingReader::new(source, 0, retry)?;
-        let mut bytes = Vec::new();
-        (&mut reader)
-            .take(MAX_PATCH_LEN + 1)
-            .read_to_end(&mut bytes)?;
-        Ok((bytes, reader.received()))
-    };
-    match read() {
-        Ok((bytes, received)) if bytes.len() as u64 > MAX_PATCH_LEN => {
-            log::warn!(
-                "not using patch {name}: larger than the maximum of {MAX_PATCH_LEN} bytes ({received} bytes read)"
-            );
-            None
-        }
-        Ok(r) => {
-            log::info!("fetched patch {name} ({} bytes)", r.0.len());
-            Some(r)
-        }
-        Err(e) if is_absent(&e) => None,
+    let mut reader = match ResumingReader::new(source, 0, retry) {
+        Ok(r) => r,
+        Err(e) if is_absent(&e) => return (None, 0),
         Err(e) => {
-            log::warn!("not using patch {name}: reading it: {e}");
-            None
+            log::warn!("not using patch {name}: opening it: {e}");
+            return (None, 0);
+        }
+    };
+    // The header first: anything else served under that name (a catch-all page, the payload
+    // itself) is dropped after 64 bytes rather than read up to the limit.
+    let mut read = || -> Result<Vec<u8>, String> {
+        let mut bytes = vec![0u8; PATCH_HEADER_LEN];
+        reader.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+        let header: &[u8; PATCH_HEADER_LEN] = bytes[..].try_into().expect("64 bytes");
+        PatchHeader::parse(header).map_err(|e| e.to_string())?;
+        (&mut reader)
+            .take(MAX_PATCH_LEN + 1 - PATCH_HEADER_LEN as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_PATCH_LEN {
+            return Err(format!("larger than the maximum of {MAX_PATCH_LEN} bytes"));
+        }
+        Ok(bytes)
+    };
+    let result = read();
+    let received = reader.received();
+    match result {
+        Ok(bytes) => {
+            log::info!("fetched patch {name} ({} bytes)", bytes.len());
+            (Some(bytes), received)
+        }
+        Err(e) => {
+            log::warn!("not using patch {name}: {e}");
+            (None, received)
         }
     }
 }
@@ -281,7 +295,8 @@ impl<'a> Patched<'a> {
 
 /// Looks for, fetches and checks the patch from `booted_version` to the version 2 payload
 /// `prelude` read from `source_name` ([`fetch`], [`load`]): the checked patch (if any) and the
-/// bytes received. A payload on a block device, or of format 1, has no patch.
+/// bytes received (counted even when the patch is not used). A payload on a block device, or
+/// of format 1, has no patch.
 pub fn find(
     source_name: &str,
     block_device: bool,
@@ -294,8 +309,9 @@ pub fn find(
     if block_device || prelude.manifest.cdc.is_none() {
         return (None, 0);
     }
-    let Some((bytes, received)) = fetch(source_name, booted_version, retry) else {
-        return (None, 0);
+    let (bytes, received) = fetch(source_name, booted_version, retry);
+    let Some(bytes) = bytes else {
+        return (None, received);
     };
     let patch = load(
         bytes,
