@@ -24,7 +24,7 @@ use std::path::PathBuf;
 ///
 /// Example:
 ///
-///   image-tools patch --from v1.img --payload www/v2.payload --image v2.img --key pub.key
+///   image-tools patch --from v1.img --payload www/v2.payload --image v2.img --key release.key
 ///
 /// writes www/v2.payload.from-1.patch when v1.img's IMAGE_VERSION is 1.
 #[derive(Args, Debug)]
