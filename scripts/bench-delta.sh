@@ -11,6 +11,8 @@
 #             fetched (the updater's own count, and nginx's $bytes_sent), bytes reused, wall
 #             time of the whole install (index the booted slot, fetch, verify, write, fsync, read
 #             back the slot, flip) and its peak RSS;
+#   patch:    the delta install again with `image-tools patch`'s patch from v1.img next to
+#             the payload (bytes fetched: prelude, patch and the frames it does not cover);
 #   full:     the same install with an empty booted slot (nothing to reuse), of the format 2
 #             payload and of the format 1 payload: throughput and peak RSS;
 #   peers:    when installed, casync (default chunks, and 16 KiB chunks: the bytes of the chunk
@@ -73,6 +75,17 @@ ONE=$WORK/v2.img.zst
 zstd -q -"$LEVEL" -T0 --no-check -c "$V2" >"$ONE"
 FRAMES=$(zstd -lv "$ONE" 2>/dev/null | awk '/^# Zstandard Frames:/ {print $4}')
 [ "${FRAMES:-1}" = 1 ] || { echo "$ONE has $FRAMES frames, expected 1" >&2; exit 1; }
+
+# --- publish-time patch (issue 12 part 3, optional): the same payload under another name,
+# with the patch from v1 next to it, so the plain delta row above stays patch-free.
+echo "== patch from v1.img to the format 2 payload (image-tools patch, level 19)"
+ln "$WORK/www/v2.payload" "$WORK/www/v2-patched.payload"
+t0=$(date +%s.%N)
+"$TOOLS" patch --from "$V1" --from-version 1 --payload "$WORK/www/v2-patched.payload" \
+  --image "$V2" --key "$WORK/key.key" --json >"$WORK/patch.json"
+PATCH_S=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+PATCH_BYTES=$(stat -c %s "$WORK/www/v2-patched.payload.from-1.patch")
+# --- end of the patch block
 
 echo "== nginx on 127.0.0.1"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -141,7 +154,9 @@ for line in p.stdout.splitlines():
 sent = 0
 for line in open(f"{work}/nginx/access.log"):
     sent += int(line.split()[0])
-print(f"{secs:.3f} {rss} {report.get('bytes_fetched', 0)} {report.get('bytes_reused', 0)} {sent}")
+# A patch's bytes are fetched too (0 without one).
+fetched = report.get('bytes_fetched', 0) + report.get('patch_bytes_fetched', 0)
+print(f"{secs:.3f} {rss} {fetched} {report.get('bytes_reused', 0)} {sent}")
 PY
 }
 
@@ -165,6 +180,7 @@ echo "== installs (best of $RUNS, each on a freshly written disk)"
 best delta "$V1" "http://127.0.0.1:$PORT/v2.payload"
 best full2 - "http://127.0.0.1:$PORT/v2.payload"
 best full1 - "http://127.0.0.1:$PORT/v2-format1.payload"
+best patch "$V1" "http://127.0.0.1:$PORT/v2-patched.payload" # the patch block
 
 CASYNC=""; CASYNC16=""; ZCK=""
 if [ "${BENCH_PEERS:-1}" != 0 ] && command -v casync >/dev/null; then
@@ -219,6 +235,11 @@ print(f"{'full install, format 1 (today)':44} {v2 / mib / f1s:>8.0f} MiB/s")
 print(f"{'full install peak RSS, format 2':44} {f2k / 1024:>10.1f} MiB  <= 16 MiB")
 print(f"{'full install peak RSS, format 1':44} {f1k / 1024:>10.1f} MiB")
 print(f"{'pack time, format 2 / format 1':44} {'$PACK2_S s / $PACK1_S s':>14}")
+# The patch block: prelude + patch + the frames the patch does not cover.
+pt = "$BEST_patch".split()
+print(f"{'bytes fetched v1 -> v2 with the v1 patch':44} {int(pt[2]) / mb:>11.2f} MB  <= 5 MB")
+print(f"{'  patch size / make time':44} {$PATCH_BYTES / mb:>8.2f} MB {'$PATCH_S s':>6}")
+print(f"{'  install time / peak RSS with the patch':44} {float(pt[0]):>6.2f} s {int(pt[1]) / 1024:>5.1f} MiB")
 for name, v in [("casync (default chunks)", "$CASYNC"), ("casync (16 KiB chunks)", "$CASYNC16"), ("zchunk (zck_delta_size)", "$ZCK")]:
     print(f"{'peer: ' + name + ' fetch v1 -> v2':44} {(f'{int(v) / mb:11.2f} MB') if v else '  not installed'}")
 PY

@@ -13,5 +13,6 @@ pub mod flash;
 pub mod keys;
 pub mod mkusr;
 pub mod pack;
+pub mod patch;
 pub mod publish;
 pub mod pxe;

@@ -1,6 +1,6 @@
 //! `image-tools`: the publisher and factory binary. Parsing only; the work is in the library.
 use clap::{Parser, Subcommand};
-use image_tools::{disk, flash, keys, mkusr, pack, publish, pxe};
+use image_tools::{disk, flash, keys, mkusr, pack, patch, publish, pxe};
 use std::process::ExitCode;
 
 /// Publisher and factory tools for A/B /usr updates.
@@ -25,6 +25,7 @@ enum Command {
     Flash(flash::FlashCmd),
     Publish(publish::PublishCmd),
     Pxe(pxe::PxeCmd),
+    Patch(patch::PatchCmd),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flash(c) => c.run(),
         Command::Publish(c) => c.run(),
         Command::Pxe(c) => c.run(),
+        Command::Patch(c) => c.run(),
     }
 }
 

@@ -125,9 +125,26 @@ fn read_image_os_release(path: &Path, fs: Filesystem) -> anyhow::Result<Option<O
     ))))
 }
 
+/// `lib/os-release` of a squashfs or ext4 image (`None` for other filesystems).
+pub(crate) fn image_os_release(path: &Path) -> anyhow::Result<Option<OsRelease>> {
+    read_image_os_release(path, detect_filesystem(path)?)
+}
+
+/// Loads the secret key files for signing (at most [`payload::MAX_SIGNATURES`]).
+pub(crate) fn load_secret_keys(
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<ed25519_dalek::SigningKey>> {
+    anyhow::ensure!(
+        paths.len() <= payload::MAX_SIGNATURES,
+        "at most {} keys",
+        payload::MAX_SIGNATURES
+    );
+    paths.iter().map(|k| load_secret_key(k)).collect()
+}
+
 /// Picks the value of `key`: from the image when it has one (a given value must agree), else
 /// the given one.
-fn resolve(
+pub(crate) fn resolve(
     key: &str,
     given: Option<&String>,
     image: Option<&OsRelease>,
@@ -218,8 +235,7 @@ pub(crate) fn load_secret_key(path: &Path) -> anyhow::Result<ed25519_dalek::Sign
 impl PackCmd {
     /// Runs the command.
     pub fn run(&self) -> anyhow::Result<()> {
-        let fs = detect_filesystem(&self.image)?;
-        let release = read_image_os_release(&self.image, fs)?;
+        let release = image_os_release(&self.image)?;
         let compatible = resolve(
             "IMAGE_ID",
             self.image_id.as_ref(),
@@ -232,16 +248,7 @@ impl PackCmd {
             release.as_ref(),
             &self.image,
         )?;
-        let keys = self
-            .key
-            .iter()
-            .map(|k| load_secret_key(k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::ensure!(
-            keys.len() <= payload::MAX_SIGNATURES,
-            "at most {} keys",
-            payload::MAX_SIGNATURES
-        );
+        let keys = load_secret_keys(&self.key)?;
         let opts = PackOptions {
             compatible,
             version,

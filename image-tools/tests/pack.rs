@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A scratch directory with a /usr tree `usr/` carrying `lib/os-release`.
-struct Scratch {
+pub(crate) struct Scratch {
     dir: tempfile::TempDir,
 }
 
 impl Scratch {
-    fn new(os_release: &str) -> Scratch {
+    pub(crate) fn new(os_release: &str) -> Scratch {
         let s = Scratch {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -22,11 +22,11 @@ impl Scratch {
         s
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn squashfs(&self) -> PathBuf {
+    pub(crate) fn squashfs(&self) -> PathBuf {
         let img = self.path("usr.squashfs");
         let out = Command::new("mksquashfs")
             .arg(self.path("usr"))
@@ -59,7 +59,7 @@ impl Scratch {
         img
     }
 
-    fn keygen(&self, name: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn keygen(&self, name: &str) -> (PathBuf, PathBuf) {
         let prefix = self.path(name);
         ok(tool(&["keygen", "--out", s(&prefix)]));
         (
@@ -69,11 +69,11 @@ impl Scratch {
     }
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn tool(args: &[&str]) -> Output {
+pub(crate) fn tool(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_image-tools"))
         .args(args)
         .env("SOURCE_DATE_EPOCH", "1767225600")
@@ -81,13 +81,13 @@ fn tool(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(out: Output) -> String {
+pub(crate) fn ok(out: Output) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Asserts failure with exit status 1 and a one-line error containing `want`.
-fn fails(out: Output, want: &str) {
+pub(crate) fn fails(out: Output, want: &str) {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");

@@ -3,5 +3,6 @@ mod disk;
 mod flash;
 mod mkusr;
 mod pack;
+mod patch;
 mod publish;
 mod pxe;

@@ -296,6 +296,23 @@ fn decompress_with_prefix(
         .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
 }
 
+/// Decompresses one frame compressed against `prefix` as zstd raw content (whatever its first
+/// bytes), into `out`'s spare capacity, with a context of its own (a patch record: few and
+/// large, so the context's cost does not matter).
+pub(crate) fn decompress_with_raw_prefix(
+    frame: &[u8],
+    prefix: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    use zstd::zstd_safe::{get_error_name, DCtx, DParameter};
+    let name = |code| get_error_name(code).to_string();
+    let mut dctx = DCtx::try_create().ok_or("cannot allocate a zstd context")?;
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(name)?;
+    dctx.ref_prefix(prefix).map_err(name)?;
+    dctx.decompress(out, frame).map_err(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,7 @@
 pub mod cdc;
 mod decode;
 pub mod keys;
+pub mod patch;
 #[cfg(test)]
 mod tests;
 #[cfg(feature = "writer")]

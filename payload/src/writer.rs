@@ -217,15 +217,7 @@ pub fn build_prelude(
     .encode_for(manifest.format_version());
     manifest.chunk_table_sha256 = Sha256Digest::of(&table);
     let manifest_bytes = manifest.encode();
-    let block = SignatureBlock {
-        signatures: keys
-            .iter()
-            .map(|k| Signature {
-                key_id: KeyId::of(&k.verifying_key()),
-                signature: k.sign(&manifest_bytes).to_bytes(),
-            })
-            .collect(),
-    };
+    let block = sign(&manifest_bytes, keys);
     let header = Header {
         format_version: manifest.format_version(),
         manifest_len: manifest_len as u32,
@@ -236,6 +228,19 @@ pub fn build_prelude(
     out.extend_from_slice(&block.encode());
     out.extend_from_slice(&table);
     (manifest, out)
+}
+
+/// The signature block of `keys` over the exact `manifest` bytes (payloads and patches).
+pub fn sign(manifest: &[u8], keys: &[SigningKey]) -> SignatureBlock {
+    SignatureBlock {
+        signatures: keys
+            .iter()
+            .map(|k| Signature {
+                key_id: KeyId::of(&k.verifying_key()),
+                signature: k.sign(manifest).to_bytes(),
+            })
+            .collect(),
+    }
 }
 
 fn blank_manifest(opts: &PackOptions, image_size: u64) -> Manifest {
@@ -402,28 +407,12 @@ impl PrefixLayout {
         data: &[u8],
         spans: &[(usize, usize)],
     ) -> Vec<std::io::Result<Vec<u8>>> {
-        let threads = threads.clamp(1, spans.len().max(1));
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    s.spawn(move || {
-                        let mut cctx = zstd::zstd_safe::CCtx::create();
-                        spans
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| i % threads == t)
-                            .map(|(i, &(at, len))| (i, self.frame(&mut cctx, data, at, len)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut all: Vec<_> = handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("compression thread panicked"))
-                .collect();
-            all.sort_by_key(|(i, _)| *i);
-            all.into_iter().map(|(_, f)| f).collect()
-        })
+        map_parallel(
+            threads,
+            spans,
+            zstd::zstd_safe::CCtx::create,
+            |cctx, _, &(at, len)| self.frame(cctx, data, at, len),
+        )
     }
 
     fn frame<'a>(
@@ -455,6 +444,39 @@ impl PrefixLayout {
             .map_err(zerr)?;
         Ok(frame)
     }
+}
+
+/// Applies `f` to every item on up to `threads` threads (item i on thread i % threads, each
+/// thread with its own `state()`), and returns the results in item order.
+pub(crate) fn map_parallel<'a, T: Sync, S, R: Send>(
+    threads: usize,
+    items: &'a [T],
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &'a T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let (state, f) = (&state, &f);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut st = state();
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % threads == t)
+                        .map(|(i, item)| (i, f(&mut st, i, item)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<_> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread panicked"))
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    })
 }
 
 fn check_prefix(prefix_len: u32) -> Result<(), PackError> {

@@ -111,6 +111,8 @@ fn answer(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let (mut range, mut if_range) = (String::new(), None);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -123,6 +125,19 @@ fn answer(
         if lower.starts_with("if-range:") {
             if_range = Some(line["if-range:".len()..].trim().to_owned());
         }
+    }
+    // A patch looked up next to the payload (install::patch): none here, and the request
+    // neither takes a script step nor shows in the log.
+    if request_line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|p| p.ends_with(".patch"))
+    {
+        let mut conn = conn;
+        return write!(
+            conn,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
     }
     let mode = if range.contains(',') {
         let mut s = script.lock().unwrap();

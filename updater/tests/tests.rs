@@ -13,6 +13,7 @@ mod http;
 mod install;
 mod netboot;
 mod netfaults;
+mod patch;
 mod payload;
 mod rangeserver;
 mod util;

@@ -78,7 +78,7 @@ impl InstallCmd {
             );
             if report.delta {
                 println!(
-                    "by delta: fetched {} bytes, reused {} bytes of the booted slot{}{}{}",
+                    "by delta: fetched {} bytes, reused {} bytes of the booted slot{}{}{}{}",
                     report.bytes_fetched,
                     report.bytes_reused,
                     match report.bytes_reused_from_target {
@@ -88,6 +88,10 @@ impl InstallCmd {
                     match report.bytes_in_place {
                         0 => String::new(),
                         n => format!(", {n} bytes already in place"),
+                    },
+                    match report.patch_bytes_fetched {
+                        0 => String::new(),
+                        n => format!(", {} bytes from a {n}-byte patch", report.bytes_from_patch),
                     },
                     if report.ranges_ignored {
                         " (the server ignored Range: downloaded whole)"

@@ -351,6 +351,9 @@ pub struct Slots<'a> {
     pub target: (&'a File, u64),
     /// Whether an earlier run of this install may have written chunks past its checkpoint.
     pub resuming: bool,
+    /// A publish-time patch for the booted version, consulted before fetching a chunk
+    /// ([`super::patch`]).
+    pub patch: Option<&'a super::patch::Patched<'a>>,
 }
 
 /// Reads frames of a payload from coalesced ranges: a request asks for the range holding the
@@ -499,6 +502,12 @@ pub fn apply<E>(
                 sink(index, e, None).map_err(ApplyError::Sink)?;
                 continue;
             }
+        }
+        // A publish-time patch may hold the chunk (checked against its SHA-256; else fetched).
+        if slots.patch.is_some_and(|p| p.chunk(index, e, &mut chunk)) {
+            decoder.feed(&chunk);
+            sink(index, e, Some(&chunk)).map_err(ApplyError::Sink)?;
+            continue;
         }
         match fetcher.frame(index, e, &mut frame) {
             Ok(()) => {}
@@ -685,6 +694,7 @@ mod tests {
             booted: (slot.as_file(), base),
             target: (slot.as_file(), base),
             resuming: false,
+            patch: None,
         };
         let mut stats = DeltaStats::default();
         let mut out = vec![0u8; image.len()];
@@ -803,6 +813,7 @@ mod target_tests {
             booted: (disk.as_file(), booted_at),
             target: (disk.as_file(), target_at),
             resuming: false,
+            patch: None,
         };
         let mut stats = DeltaStats::default();
         let file = disk.as_file();

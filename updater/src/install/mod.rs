@@ -25,6 +25,7 @@
 
 pub mod byteranges;
 pub mod delta;
+pub mod patch;
 pub mod pipeline;
 pub mod resume;
 
@@ -113,6 +114,13 @@ pub struct InstallReport {
     pub damaged_local_chunks: u32,
     /// The server ignored range requests: the payload was downloaded whole.
     pub ranges_ignored: bool,
+    /// Image bytes decoded from a publish-time patch for the booted version (each chunk
+    /// checked against its SHA-256), not fetched from the payload.
+    pub bytes_from_patch: u64,
+    /// Bytes received for that patch (also when it then was not used).
+    pub patch_bytes_fetched: u64,
+    /// Records of the patch that failed (their chunks were fetched from the payload).
+    pub patch_failed_records: u32,
 }
 
 /// Why an install stopped. Everything up to [`InstallError::TooLargeForSlot`] happens before the
@@ -516,6 +524,9 @@ pub struct InstallPlan {
     booted: Slot,
     /// A checkpoint of this payload and slot was found: chunks past it may be written.
     resuming: bool,
+    /// A checked patch from the booted version to this payload, and its bytes received.
+    patch: Option<payload::patch::VerifiedPatch>,
+    patch_fetched: u64,
 }
 
 /// Stage 2's result: the target slot holds the image, durable and read back; not flipped.
@@ -525,6 +536,8 @@ pub struct WrittenSlot {
     delta: bool,
     bytes_fetched: u64,
     stats: delta::DeltaStats,
+    /// Image bytes from the patch, and its records that failed.
+    patch_stats: (u64, u32),
 }
 
 fn read_err(source_name: &str, offset: u64) -> impl FnOnce(std::io::Error) -> InstallError {
@@ -627,6 +640,17 @@ fn plan_locked(
         });
     }
 
+    // A publish-time patch from the booted version, when the publisher made one.
+    let (patch, patch_fetched) = patch::find(
+        &source_name,
+        padded_device,
+        &release.version,
+        opts.retry,
+        &keys,
+        &prelude,
+        booted.byte_len(),
+    );
+
     // Resume only the same payload into the same slot, still unbootable since the checkpoint.
     let payload_id = prelude.payload_id().to_string();
     // A damaged checkpoint is kept aside and means starting over.
@@ -659,6 +683,8 @@ fn plan_locked(
         start: resume.unwrap_or(0),
         booted,
         resuming: resume.is_some(),
+        patch,
+        patch_fetched,
     })
 }
 
@@ -788,6 +814,7 @@ impl InstallPlan {
             .map_or(m.image_size, |e| e.image_offset);
         let source_name = self.source_name.clone();
         // A format 2 payload: index the booted slot and plan which chunks to fetch.
+        let mut patched = None;
         let delta_plan = match m.cdc {
             Some(params) if (start as usize) < entries.len() => {
                 progress.phase("indexing", 0);
@@ -821,6 +848,16 @@ impl InstallPlan {
                         Some(&target_index),
                     );
                 }
+                if let Some(patch) = self.patch.take() {
+                    let booted = (&file, self.booted.byte_offset());
+                    patched = Some(patch::Patched::attach(
+                        patch,
+                        &mut p,
+                        entries,
+                        start as usize,
+                        booted,
+                    ));
+                }
                 log::info!(
                     "delta plan: {} bytes to fetch in {} ranges, {} bytes to reuse from the booted slot, {} from the target slot{}",
                     p.fetch_bytes,
@@ -844,6 +881,7 @@ impl InstallPlan {
             booted: (&file, self.booted.byte_offset()),
             target: (&file, self.target.byte_offset()),
             resuming: self.resuming,
+            patch: patched.as_ref(),
         };
         let mut stats = delta::DeltaStats::default();
         let booted_label = self.booted.label.clone();
@@ -1065,7 +1103,11 @@ impl InstallPlan {
         writer.sync()?;
         let retries = self.reader.retries;
         let bytes_fetched = self.reader.received();
+        let patch_stats = patched
+            .as_ref()
+            .map_or((0, 0), |p| (p.bytes_from_patch(), p.failed_records()));
         Ok(WrittenSlot {
+            patch_stats,
             delta: delta_plan.is_some(),
             plan: self,
             retries,
@@ -1130,6 +1172,9 @@ impl WrittenSlot {
             bytes_in_place: self.stats.in_place_bytes,
             damaged_local_chunks: self.stats.damaged_local_chunks,
             ranges_ignored: self.stats.ranges_ignored,
+            bytes_from_patch: self.patch_stats.0,
+            patch_bytes_fetched: p.patch_fetched,
+            patch_failed_records: self.patch_stats.1,
         })
     }
 }
