@@ -47,6 +47,10 @@ use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
+/// How much of a slot is indexed first: a slot whose first bytes share no chunk with the payload
+/// (empty, or another product) is not indexed further.
+pub const INDEX_PROBE_BYTES: u64 = 32 << 20;
+
 /// How far (in largest chunks) each part of a slot indexed in parallel runs into the next.
 pub const INDEX_OVERLAP_CHUNKS: u64 = 8;
 
@@ -151,6 +155,13 @@ impl LocalIndex {
             }
         }
         Ok(merged)
+    }
+
+    /// Whether none of `entries` is in the index.
+    pub fn shares_none_with(&self, entries: &[ChunkEntry]) -> bool {
+        !entries
+            .iter()
+            .any(|e| self.find(&e.sha256, e.image_len).is_some())
     }
 
     /// The local offset of a chunk with this hash and length, if the slot has one.
@@ -614,6 +625,16 @@ mod tests {
                 .count();
             assert_eq!(missing, 0, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn an_index_shares_nothing_with_an_unrelated_image_and_something_with_its_successor() {
+        let old = noise(100_000, 11);
+        let mut new = old.clone();
+        new[50_000..50_100].fill(0xaa);
+        let local = LocalIndex::build(&old[..], old.len() as u64, P).unwrap();
+        assert!(!local.shares_none_with(&entries(&new, 500)));
+        assert!(local.shares_none_with(&entries(&noise(100_000, 12), 500)));
     }
 
     #[test]

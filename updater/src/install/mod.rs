@@ -819,21 +819,36 @@ impl InstallPlan {
             Some(params) if (start as usize) < entries.len() => {
                 progress.phase("indexing", 0);
                 let index_of = |slot: &Slot, keep_last: bool| {
-                    delta::LocalIndex::build_slot(
-                        &file,
-                        slot.byte_offset(),
-                        slot.byte_len(),
-                        params,
-                        self.opts.threads,
-                        keep_last,
-                    )
-                    .map_err(|source| InstallError::SlotIo {
-                        action: "indexing".into(),
-                        slot: slot.label.clone(),
-                        disk: device.disk.clone(),
-                        offset: slot.byte_offset(),
-                        source,
-                    })
+                    let build = |len| {
+                        delta::LocalIndex::build_slot(
+                            &file,
+                            slot.byte_offset(),
+                            len,
+                            params,
+                            self.opts.threads,
+                            keep_last,
+                        )
+                        .map_err(|source| InstallError::SlotIo {
+                            action: "indexing".into(),
+                            slot: slot.label.clone(),
+                            disk: device.disk.clone(),
+                            offset: slot.byte_offset(),
+                            source,
+                        })
+                    };
+                    // A slot whose start shares no chunk with the payload (empty, or another
+                    // product) is not read further: indexing it all would only find that a
+                    // full download is needed.
+                    let probe = build(slot.byte_len().min(delta::INDEX_PROBE_BYTES))?;
+                    if probe.shares_none_with(&entries[start as usize..]) {
+                        log::info!(
+                            "slot {}: its first {} bytes share no chunk with the payload; not indexed further",
+                            slot.label,
+                            slot.byte_len().min(delta::INDEX_PROBE_BYTES)
+                        );
+                        return Ok(probe);
+                    }
+                    build(slot.byte_len())
                 };
                 let index = index_of(&self.booted, false)?;
                 let mut p = delta::plan(entries, start as usize, &index);
