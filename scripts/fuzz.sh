@@ -14,7 +14,7 @@ case "$mode" in
   *) echo "usage: scripts/fuzz.sh short|long [TARGET...]" >&2; exit 2 ;;
 esac
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gpt payload frame config state byteranges)
+[ ${#targets[@]} -gt 0 ] || targets=(gpt payload frame config state byteranges patch)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 # cargo fuzz needs nightly rustc flags; use the nightly toolchain where the machine has one,

@@ -3,8 +3,8 @@
 # (the 4096-byte GPT seed goes through a loop device, since sgdisk assumes 512 for files).
 set -euo pipefail
 cd "$(dirname "$0")"
-rm -rf gpt payload frame config state byteranges
-mkdir -p gpt payload frame config state byteranges
+rm -rf gpt payload frame config state byteranges patch
+mkdir -p gpt payload frame config state byteranges patch
 USR=5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6
 
 # gpt: one byte picking the sector size (0: 512, 1: 4096), then a small disk image with two
@@ -57,5 +57,8 @@ printf '{"format_version":1,"slots":{"0fc63daf-8483-4772-8e79-3d69d8477de4":"1.0
     head -c $((${r#*-} - ${r%-*} + 1)) /dev/zero | tr '\0' x
   done
   printf '\r\n--B0--\r\n'; } > byteranges/three-parts
+
+# patch: mode 0 (the whole reader) on a header with the patch magic and nothing after it.
+{ printf '\000UPDPATCH'; head -c 56 /dev/zero; } > patch/header-only
 
 echo "seeds rebuilt in $(pwd)"

@@ -21,10 +21,11 @@
 //! or after the one the chunk is written to ([`target_source_is_safe`]). Why that is safe:
 //! [`apply`] hands chunks to the sink strictly in image order, each only after its own source
 //! was read, and the installer's sink ([`super::SlotWriter::write_chunk`]) writes each chunk
-//! before it returns (a `pwrite` into the page cache; the writeback it starts later reads the
-//! same pages, and reads through the same file see them). So when the chunk at `w` is read,
-//! this run has changed the slot only in `..w`: every write still in flight belongs to a
-//! chunk before `w`, which ends at or before `w`. A source at `s >= w` is therefore read
+//! at its own offset, at once or gathered with the chunks just before it (small chunks go to
+//! the disk together, 1 MiB at a time; a `pwrite` into the page cache, whose writeback later
+//! reads the same pages). So when the chunk at `w` is read, this run has changed the slot
+//! only in `..w`: every write made or still pending belongs to a chunk before `w`, which
+//! ends at or before `w`. A source at `s >= w` is therefore read
 //! before anything of this run overwrites it. An interrupted earlier run may have written
 //! chunks of this payload anywhere past its checkpoint: they are chunks of the new image,
 //! and the SHA-256 check below decides. [`apply`] checks the rule again against what it has
