@@ -31,6 +31,38 @@ fn a_format_2_payload_installs_and_flips_the_passive_slot() {
 }
 
 #[test]
+fn a_booted_slot_sharing_no_chunk_with_the_payload_is_probed_not_indexed_whole() {
+    let image = util::image_bytes(300_000, 5);
+    let bytes = v2_parts(&image, "2.0").assemble(&[util::test_key()]);
+    let probed = |old: &[u8]| {
+        let dev = booted_with(old);
+        let p = dev.payload("p", &bytes);
+        let out = dev.updater(&["install", p.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(dev.slot_bytes(&SlotId::B)[..image.len()], image[..]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.contains("slot USR-A: its first")
+    };
+    // Another image entirely (noise throughout): the probe finds nothing and the slot is read
+    // no further.
+    let slot_len = Device::new().slot(&SlotId::A).byte_len() as usize;
+    let mut x = 99u32;
+    let other: Vec<u8> = (0..slot_len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    assert!(probed(&other));
+    // The previous release: indexed whole.
+    let mut old = image.clone();
+    old[100_000..100_050].fill(0xaa);
+    assert!(!probed(&old));
+}
+
+#[test]
 fn a_format_2_payload_with_a_damaged_frame_is_refused_and_the_slot_stays_unbootable() {
     let dev = Device::new();
     let image = util::image_bytes(300_000, 6);

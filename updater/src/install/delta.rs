@@ -52,6 +52,9 @@ use std::os::unix::fs::FileExt;
 /// (empty, or another product) is not indexed further.
 pub const INDEX_PROBE_BYTES: u64 = 32 << 20;
 
+/// Frame bytes a slot's probe must save for the slot to be indexed whole.
+pub const PROBE_WORTH_BYTES: u64 = 4096;
+
 /// How far (in largest chunks) each part of a slot indexed in parallel runs into the next.
 pub const INDEX_OVERLAP_CHUNKS: u64 = 8;
 
@@ -158,11 +161,16 @@ impl LocalIndex {
         Ok(merged)
     }
 
-    /// Whether none of `entries` is in the index.
+    /// Whether the index holds nothing worth fetching less for: the frames of the `entries`
+    /// it holds add up to fewer than [`PROBE_WORTH_BYTES`] (runs of zeros, say, are in most
+    /// images and their frames are a few bytes).
     pub fn shares_none_with(&self, entries: &[ChunkEntry]) -> bool {
-        !entries
+        let saved: u64 = entries
             .iter()
-            .any(|e| self.find(&e.sha256, e.image_len).is_some())
+            .filter(|e| self.find(&e.sha256, e.image_len).is_some())
+            .map(|e| u64::from(e.frame_len))
+            .sum();
+        saved < PROBE_WORTH_BYTES
     }
 
     /// The local offset of a chunk with this hash and length, if the slot has one.
@@ -636,6 +644,15 @@ mod tests {
         let local = LocalIndex::build(&old[..], old.len() as u64, P).unwrap();
         assert!(!local.shares_none_with(&entries(&new, 500)));
         assert!(local.shares_none_with(&entries(&noise(100_000, 12), 500)));
+        // An empty slot shares runs of zeros with most images: not worth indexing whole.
+        let zeros = LocalIndex::build(&vec![0u8; 100_000][..], 100_000, P).unwrap();
+        let mut with_zeros = noise(100_000, 13);
+        with_zeros.extend(vec![0u8; 20_000]);
+        let e = entries(&with_zeros, 500);
+        assert!(e
+            .iter()
+            .any(|c| zeros.find(&c.sha256, c.image_len).is_some()));
+        assert!(zeros.shares_none_with(&e));
     }
 
     #[test]
