@@ -57,11 +57,37 @@ pub enum PipelineError<E> {
     Sink(E),
 }
 
+/// Consecutive chunks `index..index + count`: their frames one after the other in `frame`,
+/// then (once decoded) their bytes one after the other in `chunk`. Small chunks travel
+/// together, so each is not a hand-over between threads.
 struct Job {
     index: u32,
+    count: u32,
     frame: Vec<u8>,
     chunk: Vec<u8>,
 }
+
+impl Job {
+    /// The entries of the job's chunks.
+    fn entries<'e>(&self, entries: &'e [ChunkEntry]) -> &'e [ChunkEntry] {
+        &entries[self.index as usize..(self.index + self.count) as usize]
+    }
+
+    /// The same job holding only its first `n` chunks (the ones before a failure).
+    fn truncated(mut self, n: u32, entries: &[ChunkEntry]) -> Job {
+        let keep = &self.entries(entries)[..n as usize];
+        self.frame
+            .truncate(keep.iter().map(|e| e.frame_len as usize).sum());
+        self.chunk
+            .truncate(keep.iter().map(|e| e.image_len as usize).sum());
+        self.count = n;
+        self
+    }
+}
+
+/// Chunks gather into one job while their bytes stay within this (a larger chunk is a job
+/// alone).
+const JOB_IMAGE_BYTES: u64 = 128 << 10;
 
 enum Msg {
     Chunk(Job),
@@ -97,7 +123,10 @@ pub fn run<E: Send>(
 ) -> Result<(), PipelineError<E>> {
     let threads = threads.max(1);
     let sequential = decoder.is_sequential();
-    let pairs = buffer_pairs(chunk_size, threads + usize::from(sequential));
+    let pairs = buffer_pairs(
+        chunk_size.max(JOB_IMAGE_BYTES as u32),
+        threads + usize::from(sequential),
+    );
     let count = entries.len() as u32;
     let end_offset = entries
         .last()
@@ -172,8 +201,23 @@ pub fn run<E: Send>(
     })
 }
 
-/// Decompresses frames in chunk order with the prefix `decoder` keeps, handing each chunk on
-/// to be checked.
+/// Sends what a failed job did before chunk `at` on, then the failure.
+fn fail_at(
+    job: Job,
+    at: u32,
+    entries: &[ChunkEntry],
+    why: PipelineErrorNoSink,
+    msgs: &SyncSender<Msg>,
+) {
+    let done = at - job.index;
+    if done > 0 {
+        let _ = msgs.send(Msg::Chunk(job.truncated(done, entries)));
+    }
+    let _ = msgs.send(Msg::Failed(at, why));
+}
+
+/// Decompresses frames in chunk order with the prefix `decoder` keeps, handing each job on to
+/// be checked.
 fn decompress_in_order(
     mut decoder: ChunkDecoder,
     jobs: Receiver<Job>,
@@ -181,10 +225,28 @@ fn decompress_in_order(
     checked: SyncSender<Job>,
     msgs: SyncSender<Msg>,
 ) {
+    let mut one = Vec::new();
     for mut job in jobs {
-        let entry = &entries[job.index as usize];
-        if let Err(e) = decoder.decode_unchecked(job.index, entry, &job.frame, &mut job.chunk) {
-            let _ = msgs.send(Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)));
+        job.chunk.clear();
+        let mut at = 0;
+        let mut failed = None;
+        for (k, entry) in job.entries(entries).iter().enumerate() {
+            let index = job.index + k as u32;
+            let frame = &job.frame[at..at + entry.frame_len as usize];
+            at += entry.frame_len as usize;
+            if let Err(e) = decoder.decode_unchecked(index, entry, frame, &mut one) {
+                failed = Some((index, e));
+                break;
+            }
+            job.chunk.extend_from_slice(&one);
+        }
+        if let Some((index, e)) = failed {
+            // The chunks before it still need their check: they go on, then the failure.
+            let done = index - job.index;
+            if done > 0 && checked.send(job.truncated(done, entries)).is_err() {
+                return;
+            }
+            let _ = msgs.send(Msg::Failed(index, PipelineErrorNoSink::Payload(e)));
             return;
         }
         if checked.send(job).is_err() {
@@ -200,13 +262,27 @@ fn check_chunks(jobs: &Mutex<Receiver<Job>>, entries: &[ChunkEntry], msgs: SyncS
         let Ok(job) = job else {
             return;
         };
-        let entry = &entries[job.index as usize];
-        let msg = match payload::check_chunk(job.index, entry, &job.chunk) {
-            Ok(()) => Msg::Chunk(job),
-            Err(e) => Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)),
-        };
-        if msgs.send(msg).is_err() {
-            return;
+        let mut at = 0;
+        let mut failed = None;
+        for (k, entry) in job.entries(entries).iter().enumerate() {
+            let index = job.index + k as u32;
+            let bytes = &job.chunk[at..at + entry.image_len as usize];
+            at += entry.image_len as usize;
+            if let Err(e) = payload::check_chunk(index, entry, bytes) {
+                failed = Some((index, e));
+                break;
+            }
+        }
+        match failed {
+            Some((index, e)) => {
+                fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), &msgs);
+                return;
+            }
+            None => {
+                if msgs.send(Msg::Chunk(job)).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -220,23 +296,40 @@ fn read_frames(
     jobs: SyncSender<Job>,
     msgs: SyncSender<Msg>,
 ) {
-    for (i, entry) in entries.iter().enumerate().skip(start as usize) {
-        let index = i as u32;
+    let mut one = Vec::new();
+    let mut next = start as usize;
+    while next < entries.len() {
         let Ok((mut frame, chunk)) = pool.recv() else {
             return;
         };
-        if let Err(e) = payload::read_frame(reader, index, entry, &mut frame) {
-            let _ = msgs.send(Msg::Failed(index, from_read(e, entry.payload_offset)));
-            return;
+        frame.clear();
+        let mut job = Job {
+            index: next as u32,
+            count: 0,
+            frame,
+            chunk,
+        };
+        let mut image_bytes = 0u64;
+        while let Some(entry) = entries.get(next) {
+            let len = u64::from(entry.image_len);
+            if job.count > 0 && image_bytes + len > JOB_IMAGE_BYTES {
+                break;
+            }
+            let index = next as u32;
+            if let Err(e) = payload::read_frame(reader, index, entry, &mut one) {
+                // The frames read so far go on as a job; the failure follows in order.
+                if job.count > 0 && jobs.send(job).is_err() {
+                    return;
+                }
+                let _ = msgs.send(Msg::Failed(index, from_read(e, entry.payload_offset)));
+                return;
+            }
+            job.frame.extend_from_slice(&one);
+            job.count += 1;
+            image_bytes += len;
+            next += 1;
         }
-        if jobs
-            .send(Job {
-                index,
-                frame,
-                chunk,
-            })
-            .is_err()
-        {
+        if jobs.send(job).is_err() {
             return;
         }
     }
@@ -253,18 +346,43 @@ fn decode_chunks(
     entries: &[ChunkEntry],
     msgs: SyncSender<Msg>,
 ) {
+    let mut one = Vec::new();
     loop {
         let job = jobs.lock().expect("job queue lock").recv();
         let Ok(mut job) = job else {
             return;
         };
-        let entry = &entries[job.index as usize];
-        let msg = match decoder.decode(job.index, entry, &job.frame, &mut job.chunk) {
-            Ok(()) => Msg::Chunk(job),
-            Err(e) => Msg::Failed(job.index, PipelineErrorNoSink::Payload(e)),
-        };
-        if msgs.send(msg).is_err() {
-            return;
+        job.chunk.clear();
+        let mut at = 0;
+        let mut failed = None;
+        for (k, entry) in job.entries(entries).iter().enumerate() {
+            let index = job.index + k as u32;
+            let frame = &job.frame[at..at + entry.frame_len as usize];
+            at += entry.frame_len as usize;
+            // A job of one chunk (version 1: 4 MiB) decodes straight into its buffer.
+            let out = if job.count == 1 {
+                &mut job.chunk
+            } else {
+                &mut one
+            };
+            if let Err(e) = decoder.decode(index, entry, frame, out) {
+                failed = Some((index, e));
+                break;
+            }
+            if job.count > 1 {
+                job.chunk.extend_from_slice(&one);
+            }
+        }
+        match failed {
+            Some((index, e)) => {
+                fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), &msgs);
+                return;
+            }
+            None => {
+                if msgs.send(Msg::Chunk(job)).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -298,10 +416,14 @@ fn write_in_order<E>(
         };
         match msg {
             Msg::Chunk(job) => {
-                sink(job.index, &entries[job.index as usize], &job.chunk)
-                    .map_err(PipelineError::Sink)?;
+                let mut at = 0;
+                for (k, entry) in job.entries(entries).iter().enumerate() {
+                    let bytes = &job.chunk[at..at + entry.image_len as usize];
+                    at += entry.image_len as usize;
+                    sink(job.index + k as u32, entry, bytes).map_err(PipelineError::Sink)?;
+                }
+                next += job.count;
                 let _ = pool.send((job.frame, job.chunk));
-                next += 1;
             }
             Msg::Failed(_, PipelineErrorNoSink::Payload(e)) => {
                 return Err(PipelineError::Payload(e))
