@@ -241,5 +241,6 @@ print(f"{'bytes fetched v1 -> v2 with the v1 patch':44} {int(pt[2]) / mb:>11.2f}
 print(f"{'  patch size / make time':44} {$PATCH_BYTES / mb:>8.2f} MB {'$PATCH_S s':>6}")
 print(f"{'  install time / peak RSS with the patch':44} {float(pt[0]):>6.2f} s {int(pt[1]) / 1024:>5.1f} MiB")
 for name, v in [("casync (default chunks)", "$CASYNC"), ("casync (16 KiB chunks)", "$CASYNC16"), ("zchunk (zck_delta_size)", "$ZCK")]:
-    print(f"{'peer: ' + name + ' fetch v1 -> v2':44} {(f'{int(v) / mb:11.2f} MB') if v else '  not installed'}")
+    why = '  skipped (BENCH_PEERS=0)' if "${BENCH_PEERS:-1}" == "0" else '  not installed'
+    print(f"{'peer: ' + name + ' fetch v1 -> v2':44} {(f'{int(v) / mb:11.2f} MB') if v else why}")
 PY

@@ -85,6 +85,31 @@ impl Job {
     }
 }
 
+/// The job's chunks `first..` (`entries`) with their slices of `bytes` (their frames, or their
+/// decoded bytes, one after the other: `len` says which length).
+fn split<'a>(
+    bytes: &'a [u8],
+    first: u32,
+    entries: &'a [ChunkEntry],
+    len: fn(&ChunkEntry) -> u32,
+) -> impl Iterator<Item = (u32, &'a ChunkEntry, &'a [u8])> + 'a {
+    let mut at = 0;
+    entries.iter().enumerate().map(move |(k, e)| {
+        let n = len(e) as usize;
+        let slice = &bytes[at..at + n];
+        at += n;
+        (first + k as u32, e, slice)
+    })
+}
+
+fn frame_len(e: &ChunkEntry) -> u32 {
+    e.frame_len
+}
+
+fn image_len(e: &ChunkEntry) -> u32 {
+    e.image_len
+}
+
 /// Chunks gather into one job while their bytes stay within this (a larger chunk is a job
 /// alone).
 const JOB_IMAGE_BYTES: u64 = 128 << 10;
@@ -228,12 +253,8 @@ fn decompress_in_order(
     let mut one = Vec::new();
     for mut job in jobs {
         job.chunk.clear();
-        let mut at = 0;
         let mut failed = None;
-        for (k, entry) in job.entries(entries).iter().enumerate() {
-            let index = job.index + k as u32;
-            let frame = &job.frame[at..at + entry.frame_len as usize];
-            at += entry.frame_len as usize;
+        for (index, entry, frame) in split(&job.frame, job.index, job.entries(entries), frame_len) {
             if let Err(e) = decoder.decode_unchecked(index, entry, frame, &mut one) {
                 failed = Some((index, e));
                 break;
@@ -262,17 +283,13 @@ fn check_chunks(jobs: &Mutex<Receiver<Job>>, entries: &[ChunkEntry], msgs: SyncS
         let Ok(job) = job else {
             return;
         };
-        let mut at = 0;
-        let mut failed = None;
-        for (k, entry) in job.entries(entries).iter().enumerate() {
-            let index = job.index + k as u32;
-            let bytes = &job.chunk[at..at + entry.image_len as usize];
-            at += entry.image_len as usize;
-            if let Err(e) = payload::check_chunk(index, entry, bytes) {
-                failed = Some((index, e));
-                break;
-            }
-        }
+        let failed = split(&job.chunk, job.index, job.entries(entries), image_len).find_map(
+            |(index, entry, bytes)| {
+                payload::check_chunk(index, entry, bytes)
+                    .err()
+                    .map(|e| (index, e))
+            },
+        );
         match failed {
             Some((index, e)) => {
                 fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), &msgs);
@@ -353,23 +370,16 @@ fn decode_chunks(
             return;
         };
         job.chunk.clear();
-        let mut at = 0;
         let mut failed = None;
-        for (k, entry) in job.entries(entries).iter().enumerate() {
-            let index = job.index + k as u32;
-            let frame = &job.frame[at..at + entry.frame_len as usize];
-            at += entry.frame_len as usize;
+        let single = job.count == 1;
+        for (index, entry, frame) in split(&job.frame, job.index, job.entries(entries), frame_len) {
             // A job of one chunk (version 1: 4 MiB) decodes straight into its buffer.
-            let out = if job.count == 1 {
-                &mut job.chunk
-            } else {
-                &mut one
-            };
+            let out = if single { &mut job.chunk } else { &mut one };
             if let Err(e) = decoder.decode(index, entry, frame, out) {
                 failed = Some((index, e));
                 break;
             }
-            if job.count > 1 {
+            if !single {
                 job.chunk.extend_from_slice(&one);
             }
         }
@@ -416,11 +426,10 @@ fn write_in_order<E>(
         };
         match msg {
             Msg::Chunk(job) => {
-                let mut at = 0;
-                for (k, entry) in job.entries(entries).iter().enumerate() {
-                    let bytes = &job.chunk[at..at + entry.image_len as usize];
-                    at += entry.image_len as usize;
-                    sink(job.index + k as u32, entry, bytes).map_err(PipelineError::Sink)?;
+                for (index, entry, bytes) in
+                    split(&job.chunk, job.index, job.entries(entries), image_len)
+                {
+                    sink(index, entry, bytes).map_err(PipelineError::Sink)?;
                 }
                 next += job.count;
                 let _ = pool.send((job.frame, job.chunk));
