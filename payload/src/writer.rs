@@ -355,28 +355,7 @@ fn compress_batch<B: AsRef<[u8]> + Sync>(
     compressors: &mut [zstd::bulk::Compressor<'static>],
     bufs: &[B],
 ) -> Vec<std::io::Result<Vec<u8>>> {
-    let threads = compressors.len();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = compressors
-            .iter_mut()
-            .enumerate()
-            .map(|(t, c)| {
-                s.spawn(move || {
-                    bufs.iter()
-                        .enumerate()
-                        .filter(|(i, _)| i % threads == t)
-                        .map(|(i, b)| (i, compress_chunk(c, b.as_ref())))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<_> = handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("compression thread panicked"))
-            .collect();
-        all.sort_by_key(|(i, _)| *i);
-        all.into_iter().map(|(_, f)| f).collect()
-    })
+    map_with(compressors, bufs, |c, _, b| compress_chunk(c, b.as_ref()))
 }
 
 /// How the frames of a version 2 payload with a prefix are compressed: chunk by chunk, each
@@ -448,24 +427,36 @@ impl PrefixLayout {
 
 /// Applies `f` to every item on up to `threads` threads (item i on thread i % threads, each
 /// thread with its own `state()`), and returns the results in item order.
-pub(crate) fn map_parallel<'a, T: Sync, S, R: Send>(
+pub(crate) fn map_parallel<'a, T: Sync, S: Send, R: Send>(
     threads: usize,
     items: &'a [T],
-    state: impl Fn() -> S + Sync,
+    state: impl Fn() -> S,
     f: impl Fn(&mut S, usize, &'a T) -> R + Sync,
 ) -> Vec<R> {
     let threads = threads.clamp(1, items.len().max(1));
-    let (state, f) = (&state, &f);
+    let mut states: Vec<S> = (0..threads).map(|_| state()).collect();
+    map_with(&mut states, items, f)
+}
+
+/// [`map_parallel`] with the threads' states given: one thread per state.
+fn map_with<'a, T: Sync, S: Send, R: Send>(
+    states: &mut [S],
+    items: &'a [T],
+    f: impl Fn(&mut S, usize, &'a T) -> R + Sync,
+) -> Vec<R> {
+    let threads = states.len().max(1);
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
+        let handles: Vec<_> = states
+            .iter_mut()
+            .enumerate()
+            .map(|(t, st)| {
                 s.spawn(move || {
-                    let mut st = state();
                     items
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| i % threads == t)
-                        .map(|(i, item)| (i, f(&mut st, i, item)))
+                        .map(|(i, item)| (i, f(st, i, item)))
                         .collect::<Vec<_>>()
                 })
             })

@@ -241,6 +241,23 @@ fn fail_at(
     let _ = msgs.send(Msg::Failed(at, why));
 }
 
+/// Sends a decoded or checked job on: whole, or its chunks before the first failure and then
+/// the failure. Whether the thread should go on (no failure, and the writer still listens).
+fn report(
+    job: Job,
+    failed: Option<(u32, PayloadError)>,
+    entries: &[ChunkEntry],
+    msgs: &SyncSender<Msg>,
+) -> bool {
+    match failed {
+        Some((index, e)) => {
+            fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), msgs);
+            false
+        }
+        None => msgs.send(Msg::Chunk(job)).is_ok(),
+    }
+}
+
 /// Decompresses frames in chunk order with the prefix `decoder` keeps, handing each job on to
 /// be checked.
 fn decompress_in_order(
@@ -290,16 +307,8 @@ fn check_chunks(jobs: &Mutex<Receiver<Job>>, entries: &[ChunkEntry], msgs: SyncS
                     .map(|e| (index, e))
             },
         );
-        match failed {
-            Some((index, e)) => {
-                fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), &msgs);
-                return;
-            }
-            None => {
-                if msgs.send(Msg::Chunk(job)).is_err() {
-                    return;
-                }
-            }
+        if !report(job, failed, entries, &msgs) {
+            return;
         }
     }
 }
@@ -383,16 +392,8 @@ fn decode_chunks(
                 job.chunk.extend_from_slice(&one);
             }
         }
-        match failed {
-            Some((index, e)) => {
-                fail_at(job, index, entries, PipelineErrorNoSink::Payload(e), &msgs);
-                return;
-            }
-            None => {
-                if msgs.send(Msg::Chunk(job)).is_err() {
-                    return;
-                }
-            }
+        if !report(job, failed, entries, &msgs) {
+            return;
         }
     }
 }
