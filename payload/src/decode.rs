@@ -98,35 +98,79 @@ pub struct ChunkDecoder {
     prefix: Option<PrefixWindow>,
 }
 
-/// The last `len` bytes of the image seen so far, contiguous (zstd takes the prefix as one
-/// slice): appended to, and cut back to `len` once it holds twice that.
+/// The last `len` bytes of the image seen so far, with room after them: a frame is decoded
+/// straight after its prefix in the same buffer, so zstd sees prefix and output as one
+/// contiguous segment (matches into the prefix are plain in-buffer copies, not the
+/// external-dictionary path, which costs a `memcpy` call per match: 2× slower on musl).
 struct PrefixWindow {
     len: usize,
+    /// `buf[..end]` holds the image bytes seen last (at least the last `len`, when that many
+    /// were seen); `buf[end..]` is room. Allocated once at [`Self::ROOM`] × `len`, grown only
+    /// for a chunk longer than that room.
     buf: Vec<u8>,
+    end: usize,
     /// The context frames with a prefix are decoded with (the prefix passed per frame).
     dctx: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl PrefixWindow {
-    /// The prefix and the context, borrowed together.
-    fn parts(&mut self) -> (&[u8], &mut zstd::zstd_safe::DCtx<'static>) {
-        (
-            &self.buf[self.buf.len().saturating_sub(self.len)..],
-            &mut self.dctx,
-        )
+    /// The buffer is this many prefixes long: the last prefix moves to the front once every
+    /// `ROOM - 1` prefixes of output.
+    const ROOM: usize = 3;
+
+    fn new(len: usize, dctx: zstd::zstd_safe::DCtx<'static>) -> PrefixWindow {
+        PrefixWindow {
+            len,
+            buf: Vec::new(),
+            end: 0,
+            dctx,
+        }
+    }
+
+    /// The prefix: the last `len` bytes seen (fewer at the image start).
+    #[cfg(test)]
+    fn prefix(&self) -> &[u8] {
+        &self.buf[self.end.saturating_sub(self.len)..self.end]
+    }
+
+    /// Makes room for `n` more bytes after the prefix, moving the prefix to the front if
+    /// needed.
+    fn make_room(&mut self, n: usize) {
+        if self.end + n <= self.buf.len() {
+            return;
+        }
+        let keep = self.end.min(self.len);
+        self.buf.copy_within(self.end - keep..self.end, 0);
+        self.end = keep;
+        let want = (keep + n).max(Self::ROOM * self.len);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
     }
 
     fn push(&mut self, chunk: &[u8]) {
-        if chunk.len() >= self.len {
-            self.buf.clear();
-            self.buf.extend_from_slice(&chunk[chunk.len() - self.len..]);
-            return;
-        }
-        if self.buf.len() + chunk.len() > 2 * self.len {
-            let keep = self.len - chunk.len();
-            self.buf.drain(..self.buf.len() - keep);
-        }
-        self.buf.extend_from_slice(chunk);
+        let chunk = &chunk[chunk.len().saturating_sub(self.len)..];
+        self.make_room(chunk.len());
+        self.buf[self.end..self.end + chunk.len()].copy_from_slice(chunk);
+        self.end += chunk.len();
+    }
+
+    /// Decompresses `frame` (of a chunk of `n` bytes) against the prefix into the room right
+    /// after it, and keeps the result as the end of the window. The chunk's bytes are then
+    /// `self.buf[self.end - n..self.end]`. zstd reads a prefix that starts with its
+    /// dictionary magic as a zstd dictionary, not as raw content; [`super::frame_prefix`]
+    /// drops that one byte on both sides so the bytes are always raw content.
+    fn decompress(&mut self, frame: &[u8], n: usize) -> Result<usize, String> {
+        self.make_room(n);
+        let start = self.end.saturating_sub(self.len);
+        let (before, after) = self.buf.split_at_mut(self.end);
+        let prefix = super::frame_prefix(&before[start..]);
+        let found = self
+            .dctx
+            .decompress_using_dict(&mut after[..n], frame, prefix)
+            .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())?;
+        self.end += found;
+        Ok(found)
     }
 }
 
@@ -153,11 +197,10 @@ impl ChunkDecoder {
             let dctx = zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::OutOfMemory, "creating a zstd context")
             })?;
-            d.prefix = Some(PrefixWindow {
-                len: prefix_len.min(super::MAX_PREFIX_LEN) as usize,
-                buf: Vec::new(),
+            d.prefix = Some(PrefixWindow::new(
+                prefix_len.min(super::MAX_PREFIX_LEN) as usize,
                 dctx,
-            });
+            ));
         }
         Ok(d)
     }
@@ -195,6 +238,20 @@ impl ChunkDecoder {
     /// this one decodes the next frame. The bytes go into the prefix window unchecked; a frame
     /// decoded against wrong bytes gives bytes its own check refuses.
     pub fn decode_unchecked(
+        &mut self,
+        index: u32,
+        entry: &ChunkEntry,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PayloadError> {
+        out.clear();
+        self.decode_unchecked_append(index, entry, frame, out)
+    }
+
+    /// [`Self::decode_unchecked`], appending the chunk's bytes to `out` (a pipeline gathers
+    /// consecutive chunks in one buffer without a copy in between). On error `out` holds what
+    /// it held before, or that and part of the chunk.
+    pub fn decode_unchecked_append(
         &mut self,
         index: u32,
         entry: &ChunkEntry,
@@ -242,27 +299,38 @@ impl ChunkDecoder {
             }
             Err(code) => return Err(bad_frame(zstd::zstd_safe::get_error_name(code).into())),
         }
-        out.clear();
-        out.reserve_exact(entry.image_len as usize);
-        let n = match &mut self.prefix {
-            Some(p) if !p.buf.is_empty() => {
-                let (prefix, dctx) = p.parts();
-                decompress_with_prefix(dctx, frame, prefix, out).map_err(bad_frame)?
+        let n = entry.image_len as usize;
+        let found = match &mut self.prefix {
+            Some(p) => {
+                let found = p.decompress(frame, n).map_err(bad_frame)?;
+                out.extend_from_slice(&p.buf[p.end - found..p.end]);
+                found
             }
-            _ => self
-                .dctx
-                .decompress_to_buffer(frame, out)
-                .map_err(|e| bad_frame(e.to_string()))?,
+            None if out.is_empty() => {
+                out.reserve_exact(n);
+                self.dctx
+                    .decompress_to_buffer(frame, out)
+                    .map_err(|e| bad_frame(e.to_string()))?
+            }
+            None => {
+                let at = out.len();
+                out.resize(at + n, 0);
+                let found = self
+                    .dctx
+                    .decompress_to_buffer(frame, &mut out[at..])
+                    .map_err(|e| bad_frame(e.to_string()))?;
+                out.truncate(at + found);
+                found
+            }
         };
-        if n as u64 != expected {
+        if found != n {
             return Err(PayloadError::ChunkLengthMismatch {
                 index,
                 offset: entry.image_offset,
                 expected,
-                found: n as u64,
+                found: found as u64,
             });
         }
-        self.feed(out);
         Ok(())
     }
 }
@@ -279,21 +347,6 @@ pub fn check_chunk(index: u32, entry: &ChunkEntry, bytes: &[u8]) -> Result<(), P
         });
     }
     Ok(())
-}
-
-/// Decompresses one frame that references `prefix` (the image bytes right before its chunk),
-/// into `out`'s spare capacity, reusing `dctx`. zstd reads a dictionary that starts with its
-/// dictionary magic as a zstd dictionary, not as raw content; [`super::frame_prefix`] drops that
-/// one byte on both sides so the bytes are always raw content.
-fn decompress_with_prefix(
-    dctx: &mut zstd::zstd_safe::DCtx<'static>,
-    frame: &[u8],
-    prefix: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<usize, String> {
-    let prefix = super::frame_prefix(prefix);
-    dctx.decompress_using_dict(out, frame, prefix)
-        .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
 }
 
 /// Decompresses one frame compressed against `prefix` as zstd raw content (whatever its first
@@ -322,17 +375,13 @@ mod tests {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
         for len in [1usize, 100, 4096, 9999] {
             for piece in [1usize, 7, 100, 4096, 20_000] {
-                let mut w = PrefixWindow {
-                    len,
-                    buf: Vec::new(),
-                    dctx: zstd::zstd_safe::DCtx::create(),
-                };
+                let mut w = PrefixWindow::new(len, zstd::zstd_safe::DCtx::create());
                 let mut fed = 0;
                 for p in data.chunks(piece) {
                     w.push(p);
                     fed += p.len();
-                    assert_eq!(w.parts().0, &data[fed.saturating_sub(len)..fed]);
-                    assert!(w.buf.len() <= 2 * len.max(piece));
+                    assert_eq!(w.prefix(), &data[fed.saturating_sub(len)..fed]);
+                    assert!(w.buf.len() <= PrefixWindow::ROOM * len.max(piece));
                 }
             }
         }

@@ -82,6 +82,15 @@ pub const MAX_SIGNATURES: usize = 16;
 pub const SIGNATURE_RECORD_LEN: usize = 8 + 64;
 /// Largest signature block accepted, in bytes.
 pub const MAX_SIGNATURE_BLOCK_LEN: usize = 4 + MAX_SIGNATURES * SIGNATURE_RECORD_LEN;
+/// Largest header, manifest and signature block together: the bytes before the chunk table of
+/// any payload a reader accepts.
+pub const MAX_SIGNED_PART_LEN: usize = HEADER_LEN
+    + if MAX_MANIFEST_V2_LEN > MAX_MANIFEST_LEN {
+        MAX_MANIFEST_V2_LEN
+    } else {
+        MAX_MANIFEST_LEN
+    }
+    + MAX_SIGNATURE_BLOCK_LEN;
 /// Chunk sizes are multiples of this, so every chunk starts 4 KiB-aligned in the slot (the
 /// read-back reads chunks straight from the device).
 pub const CHUNK_ALIGN: u32 = 4096;
@@ -1242,6 +1251,15 @@ struct SignedPart {
     signatures: SignatureBlock,
 }
 
+/// A `?Sized` reader as a `dyn Read` (the prelude's parts read through `&mut dyn Read`).
+struct ReadRef<'a, R: std::io::Read + ?Sized>(&'a mut R);
+
+impl<R: std::io::Read + ?Sized> std::io::Read for ReadRef<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 /// Reads the header, the raw manifest bytes and the signature block from the start of a
 /// stream. Allocations are bounded by [`Header::parse`] before they are made; the manifest is
 /// not parsed here (it is not trusted yet).
@@ -1293,10 +1311,23 @@ pub fn read_prelude(
     r: &mut dyn std::io::Read,
     keys: &TrustedKeys,
 ) -> Result<VerifiedPrelude, ReadError> {
-    let part = read_signed_part(r)?;
+    read_prelude_planned(r, keys, |_, _| {})
+}
+
+/// [`read_prelude`], telling `plan` where the chunk table lies in the payload (from the signed
+/// manifest) before reading it: a reader that fetches by range can ask for exactly the
+/// prelude, and decide after it which frames to fetch.
+pub fn read_prelude_planned<R: std::io::Read + ?Sized>(
+    r: &mut R,
+    keys: &TrustedKeys,
+    plan: impl FnOnce(&mut R, std::ops::Range<u64>),
+) -> Result<VerifiedPrelude, ReadError> {
+    let part = read_signed_part(&mut ReadRef(r))?;
     let signers = verify_signatures(&part.manifest_bytes, &part.signatures, keys)?;
     let manifest = Manifest::parse(&part.manifest_bytes)?;
-    let chunks = read_chunk_table(r, &manifest, &part.header)?;
+    let table = part.header.chunk_table_offset();
+    plan(r, table..table + manifest.chunk_table_len());
+    let chunks = read_chunk_table(&mut ReadRef(r), &manifest, &part.header)?;
     Ok(VerifiedPrelude {
         header: part.header,
         manifest,

@@ -1653,6 +1653,25 @@ mod v2 {
     }
 
     #[test]
+    fn chunks_decoded_one_after_another_into_one_buffer_are_the_image() {
+        // Prefixes shorter than a chunk (the window grows) and longer (it moves its last
+        // prefix to the front several times over the image).
+        let unit = image_bytes(7000);
+        let image: Vec<u8> = unit.iter().cycle().take(200_000).copied().collect();
+        for prefix_len in [1024, 5000, 16 << 10] {
+            let o = opts("testbox", "2.0");
+            let p = PayloadParts::from_image_v2_prefixed(&image, &o, SMALL, prefix_len).unwrap();
+            let mut d = ChunkDecoder::for_manifest(&p.manifest).unwrap();
+            let mut out = vec![0xee; 3];
+            for (i, (e, frame)) in p.entries.iter().zip(&p.frames).enumerate() {
+                d.decode_unchecked_append(i as u32, e, frame, &mut out)
+                    .unwrap();
+            }
+            assert!(out[3..] == image[..], "prefix {prefix_len}");
+        }
+    }
+
+    #[test]
     fn an_image_starting_with_the_zstd_dictionary_magic_still_decodes_as_raw_prefix() {
         // Every frame after the first references bytes that start at image offset 0.
         let mut image = crate::ZSTD_DICT_MAGIC.to_vec();

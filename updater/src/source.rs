@@ -703,6 +703,12 @@ pub struct ResumingReader {
     offset: u64,
     /// Where the current range ends (`None`: the payload's end), see [`ResumingReader::seek_range`].
     end: Option<u64>,
+    /// Reading to the payload's end: the next request asks only up to here
+    /// ([`ResumingReader::plan_until`]).
+    soft_end: Option<u64>,
+    /// Where the open stream was asked to end, reading to the payload's end: a stream that
+    /// ends there is followed by the next request, not counted as a failure.
+    stream_end: Option<u64>,
     /// Ranges to read after the current one, see [`ResumingReader::seek_ranges`].
     queue: VecDeque<Range<u64>>,
     /// Ranges the open stream delivers, the current one included.
@@ -729,11 +735,25 @@ impl ResumingReader {
         offset: u64,
         policy: RetryPolicy,
     ) -> io::Result<ResumingReader> {
+        ResumingReader::new_planned(source, offset, None, policy)
+    }
+
+    /// Opens `source` at `offset` to read on to its end, asking the first request only for the
+    /// bytes up to `first_end` ([`ResumingReader::plan_until`]): a payload's prelude is read
+    /// without the server sending frames a delta install will not read.
+    pub fn new_planned(
+        source: Box<dyn Source>,
+        offset: u64,
+        first_end: Option<u64>,
+        policy: RetryPolicy,
+    ) -> io::Result<ResumingReader> {
         let mut r = ResumingReader {
             source,
             stream: None,
             offset,
             end: None,
+            soft_end: first_end,
+            stream_end: None,
             queue: VecDeque::new(),
             covers: 1,
             furthest: offset,
@@ -758,11 +778,22 @@ impl ResumingReader {
         self.source.describe()
     }
 
+    /// Reading on to the payload's end, the next request asks only for the bytes up to `at`
+    /// (no effect once that is reached, or on a stream that already goes further, such as a
+    /// `200` for the whole payload). Past `at` the reader opens a request to the end: the
+    /// caller knows it needs the bytes up to `at` and decides there where to read next, so an
+    /// open-ended request does not make the server send, into socket buffers, bytes the caller
+    /// drops when it seeks elsewhere.
+    pub fn plan_until(&mut self, at: u64) {
+        self.soft_end = Some(at);
+    }
+
     /// Moves to `offset`, reopening the stream there (to the payload's end).
     pub fn seek_to(&mut self, offset: u64) -> io::Result<()> {
         if offset != self.offset || self.stream.is_none() || self.end.is_some() {
             self.offset = offset;
             self.end = None;
+            self.soft_end = None;
             self.queue.clear();
             self.stream = None;
             self.open()?;
@@ -785,6 +816,7 @@ impl ResumingReader {
         let ranges = &ranges[..ranges.len().min(byteranges::MAX_RANGES_PER_REQUEST)];
         self.offset = ranges[0].start;
         self.end = Some(ranges[0].end);
+        self.soft_end = None;
         self.queue = ranges[1..].iter().cloned().collect();
         self.stream = None;
         self.open()
@@ -848,8 +880,17 @@ impl ResumingReader {
         loop {
             self.check_limits()?;
             let started = Instant::now();
+            self.stream_end = None;
             let opened = match self.end {
-                None => self.source.open_at(self.offset).map(|s| (s, 1)),
+                None => match self.soft_end.filter(|&at| at > self.offset) {
+                    Some(at) => {
+                        self.stream_end = Some(at);
+                        self.source
+                            .open_range(self.offset, Some(at))
+                            .map(|s| (s, 1))
+                    }
+                    None => self.source.open_at(self.offset).map(|s| (s, 1)),
+                },
                 Some(end) if self.queue.is_empty() => self
                     .source
                     .open_range(self.offset, Some(end))
@@ -940,6 +981,11 @@ impl Read for ResumingReader {
             let read = stream.read(buf);
             self.waited += started.elapsed();
             let failure = match read {
+                // The planned end of a request: on with the next one.
+                Ok(0) if self.end.is_none() && self.stream_end == Some(self.offset) => {
+                    self.stream = None;
+                    continue;
+                }
                 Ok(0) => match self.source.total_len() {
                     // Ended before the length the source announced: the connection dropped.
                     Some(len) if self.offset < len => io::Error::new(
@@ -1186,6 +1232,65 @@ mod tests {
         fn total_len(&self) -> Option<u64> {
             Some(1000)
         }
+    }
+
+    /// Reads `r` to its end in reads of `step` bytes.
+    fn read_all(r: &mut ResumingReader, step: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; step];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn planned_requests_ask_for_the_bytes_up_to_each_plan_then_for_the_rest() {
+        let opens = Arc::new(Mutex::new(Vec::new()));
+        let source = Box::new(TwoAtATime(opens.clone()));
+        let mut r =
+            ResumingReader::new_planned(source, 0, Some(64), RetryPolicy::default()).unwrap();
+        let mut head = [0u8; 40];
+        r.read_exact(&mut head).unwrap();
+        r.plan_until(300);
+        let rest = read_all(&mut r, 7);
+        let want: Vec<u8> = (40..1000).map(byte_at).collect();
+        assert_eq!(rest, want);
+        assert_eq!(r.retries, 0, "a planned end is not a failure");
+        let asked = [0..64, 64..300, 300..1000].map(|r| vec![r]);
+        assert_eq!(*opens.lock().unwrap(), asked);
+    }
+
+    /// A 1000-byte source that sends the whole payload whatever it is asked (a server that
+    /// ignores `Range` answers `200`), and counts its opens.
+    struct IgnoresRanges(Arc<Mutex<u32>>);
+
+    impl Source for IgnoresRanges {
+        fn describe(&self) -> String {
+            "ignores ranges".into()
+        }
+        fn open_at(&mut self, offset: u64) -> io::Result<Stream> {
+            *self.0.lock().unwrap() += 1;
+            let bytes: Vec<u8> = (offset..1000).map(byte_at).collect();
+            Ok(Box::new(io::Cursor::new(bytes)))
+        }
+        fn total_len(&self) -> Option<u64> {
+            Some(1000)
+        }
+    }
+
+    #[test]
+    fn a_stream_that_goes_past_its_planned_end_is_read_on_without_a_new_request() {
+        let opens = Arc::new(Mutex::new(0));
+        let source = Box::new(IgnoresRanges(opens.clone()));
+        let mut r =
+            ResumingReader::new_planned(source, 0, Some(64), RetryPolicy::default()).unwrap();
+        let got = read_all(&mut r, 100);
+        assert_eq!(got, (0..1000).map(byte_at).collect::<Vec<u8>>());
+        assert_eq!(*opens.lock().unwrap(), 1);
     }
 
     #[test]

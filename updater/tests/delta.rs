@@ -193,6 +193,40 @@ fn a_delta_install_over_http_fetches_a_small_share_of_the_payload_and_reuses_the
 }
 
 #[test]
+fn a_delta_install_makes_the_server_send_little_more_than_the_device_fetched() {
+    let (old, new) = pair();
+    let dev = booted_with(&old);
+    let payload = v2_payload(&new, "2.0");
+    let (nginx, _dir) = nginx_with(&payload);
+    let report = json_install(&dev, &nginx.url("p"));
+    let fetched = report["bytes_fetched"].as_u64().unwrap();
+    // Body bytes nginx sent ("combined" log: `"GET …" STATUS BYTES "…"`), patch lookup aside.
+    let sent: u64 = access_log(&nginx)
+        .iter()
+        .map(|l| {
+            let after = l.split('"').nth(2).unwrap();
+            after
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    eprintln!(
+        "payload {} bytes, fetched {fetched}, nginx sent {sent}",
+        payload.len()
+    );
+    // The first request asks for the largest signed part, the next for the chunk table; an
+    // open-ended one would have sent the whole payload.
+    assert!(payload.len() as u64 > fetched + 65536, "{report}");
+    assert!(
+        sent <= fetched + updater::install::FIRST_REQUEST + 4096,
+        "nginx sent {sent} bytes for {fetched} fetched"
+    );
+}
+
+#[test]
 fn a_damaged_chunk_of_the_booted_slot_is_fetched_instead() {
     let (old, new) = pair();
     let payload = v2_payload(&new, "2.0");
@@ -417,6 +451,10 @@ fn scattered_setup() -> (Device, Vec<u8>, Vec<u8>, Vec<std::ops::Range<u64>>) {
     (dev, new, payload, ranges)
 }
 
+/// Requests for a payload's prelude: the signed part, then the chunk table
+/// (`updater::install::FIRST_REQUEST`).
+const PRELUDE_REQUESTS: usize = 2;
+
 /// The request lines of nginx's access log, less the lookup of a publish-time patch (none is
 /// published in these tests; `tests/patch.rs` covers them).
 fn access_log(nginx: &Nginx) -> Vec<String> {
@@ -437,8 +475,8 @@ fn a_delta_from_nginx_asks_for_many_ranges_in_one_request() {
     assert_eq!(report["delta"], true, "{report}");
     let log = access_log(&nginx);
     // The prelude, then every range in one request, answered by one 206 multipart response.
-    assert_eq!(log.len(), 2, "{log:#?}");
-    assert!(log[1].contains("\" 206 "), "{log:#?}");
+    assert_eq!(log.len(), PRELUDE_REQUESTS + 1, "{log:#?}");
+    assert!(log[PRELUDE_REQUESTS].contains("\" 206 "), "{log:#?}");
     let fetched = report["bytes_fetched"].as_u64().unwrap();
     eprintln!(
         "scattered pair: {} ranges in {} requests after the prelude, fetched {fetched} of a {}-byte payload",
@@ -470,9 +508,14 @@ fn a_server_without_multi_range_support_gets_one_range_per_request_and_the_same_
     let log = access_log(&single);
     // The prelude, the multi-range request answered 200 (dropped unread), then one request
     // per range.
-    assert_eq!(log.len(), 2 + ranges, "{log:#?}");
-    assert!(log[1].contains("\" 200 "), "{log:#?}");
-    assert!(log[2..].iter().all(|l| l.contains("\" 206 ")), "{log:#?}");
+    assert_eq!(log.len(), PRELUDE_REQUESTS + 1 + ranges, "{log:#?}");
+    assert!(log[PRELUDE_REQUESTS].contains("\" 200 "), "{log:#?}");
+    assert!(
+        log[PRELUDE_REQUESTS + 1..]
+            .iter()
+            .all(|l| l.contains("\" 206 ")),
+        "{log:#?}"
+    );
     assert_eq!(without["delta"], true, "{without}");
     assert_eq!(without["ranges_ignored"], false, "{without}");
     assert_eq!(
@@ -494,10 +537,16 @@ fn a_200_to_a_multi_range_request_is_remembered_and_later_requests_ask_one_range
     let reqs = server.requests();
     // The prelude, one multi-range request answered 200, then one range per request.
     let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
-    let mut want = vec![206, 200];
+    let mut want = vec![206; PRELUDE_REQUESTS];
+    want.push(200);
     want.extend(std::iter::repeat_n(206, ranges.len()));
     assert_eq!(statuses, want, "{reqs:?}");
-    assert!(reqs[2..].iter().all(|r| !r.range.contains(',')), "{reqs:?}");
+    assert!(
+        reqs[PRELUDE_REQUESTS + 1..]
+            .iter()
+            .all(|r| !r.range.contains(',')),
+        "{reqs:?}"
+    );
     assert_installed(&dev, &new);
 }
 
@@ -508,8 +557,11 @@ fn a_server_that_coalesces_the_ranges_into_one_part_is_read_as_one_range() {
     let report = run_install(&dev, &server.url(), 1).unwrap();
     assert!(report.delta && !report.ranges_ignored, "{report:?}");
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[1].range.matches(',').count() + 1, ranges.len());
+    assert_eq!(reqs.len(), PRELUDE_REQUESTS + 1, "{reqs:?}");
+    assert_eq!(
+        reqs[PRELUDE_REQUESTS].range.matches(',').count() + 1,
+        ranges.len()
+    );
     assert_installed(&dev, &new);
 }
 
@@ -555,7 +607,7 @@ fn a_connection_cut_mid_multipart_asks_again_for_the_ranges_not_yet_read() {
     let report = run_install(&dev, &server.url(), 3).unwrap();
     assert!(report.delta && report.retries >= 1, "{report:?}");
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert_eq!(reqs.len(), PRELUDE_REQUESTS + 2, "{reqs:?}");
     let first_start = |r: &str| -> u64 {
         r.trim_start_matches("bytes=")
             .split('-')
@@ -566,10 +618,11 @@ fn a_connection_cut_mid_multipart_asks_again_for_the_ranges_not_yet_read() {
     };
     // The retry starts where the cut left off, past the ranges already read, and asks for
     // the rest of them only.
-    let again = first_start(&reqs[2].range);
+    let (first, retry) = (&reqs[PRELUDE_REQUESTS], &reqs[PRELUDE_REQUESTS + 1]);
+    let again = first_start(&retry.range);
     assert!(again > ranges[2].end && again < ranges[4].start, "{reqs:?}");
     let count = |r: &str| r.matches(',').count() + 1;
-    assert_eq!(count(&reqs[2].range) + 3, count(&reqs[1].range), "{reqs:?}");
+    assert_eq!(count(&retry.range) + 3, count(&first.range), "{reqs:?}");
     assert_installed(&dev, &new);
 }
 
@@ -633,7 +686,11 @@ fn a_payload_replaced_before_a_multi_range_request_restarts_the_install_with_the
         ("3.0", 0)
     );
     let reqs = server.requests();
-    assert_eq!(reqs[1].status, 200, "{reqs:?}");
-    assert_eq!(reqs[2].range, "bytes=0-", "started over: {reqs:?}");
+    assert_eq!(reqs[PRELUDE_REQUESTS].status, 200, "{reqs:?}");
+    assert_eq!(
+        reqs[PRELUDE_REQUESTS + 1].range,
+        format!("bytes=0-{}", updater::install::FIRST_REQUEST - 1),
+        "started over: {reqs:?}"
+    );
     assert_installed(&dev, &newer);
 }

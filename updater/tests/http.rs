@@ -87,7 +87,9 @@ fn handle(
             path = rest.split(' ').next().unwrap_or("").to_owned();
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            start = v.trim().trim_end_matches('-').parse().unwrap();
+            // `bytes=START-` or `bytes=START-END`: answered from START to the payload's end
+            // either way (a server may send more than asked; the updater reads on).
+            start = v.trim().split('-').next().unwrap().parse().unwrap();
         }
     }
     requests.lock().unwrap().push(start);

@@ -50,7 +50,7 @@ use std::os::unix::fs::FileExt;
 
 /// How much of a slot is indexed first: a slot whose first bytes share no chunk with the payload
 /// (empty, or another product) is not indexed further.
-pub const INDEX_PROBE_BYTES: u64 = 32 << 20;
+pub const INDEX_PROBE_BYTES: u64 = 8 << 20;
 
 /// Frame bytes a slot's probe must save for the slot to be indexed whole.
 pub const PROBE_WORTH_BYTES: u64 = 4096;

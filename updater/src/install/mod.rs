@@ -297,6 +297,10 @@ pub struct SlotWriter<'a> {
     pending: std::sync::Mutex<PendingWrite>,
 }
 
+/// Bytes the first request of a payload asks for: the largest header, manifest and signature
+/// block (1 600 bytes); the chunk table follows in a second request, sized by the manifest.
+pub const FIRST_REQUEST: u64 = payload::MAX_SIGNED_PART_LEN as u64;
+
 /// Chunks smaller than this are written (and advised out of the page cache) together: a write
 /// and an advice per 16 KiB chunk would start writeback in 16 KiB pieces.
 const WRITE_BATCH: usize = 1 << 20;
@@ -596,12 +600,17 @@ fn plan_locked(
     // The signed part first: nothing of the payload is trusted before its signature.
     let source_name = source.describe();
     let padded_device = source.is_block_device();
-    let mut reader =
-        ResumingReader::new(source, 0, opts.retry).map_err(read_err(&source_name, 0))?;
-    let prelude = payload::read_prelude(&mut reader, &keys).map_err(|e| match e {
-        ReadError::Payload(p) => InstallError::Payload(p),
-        ReadError::Io(io) => read_err(&source_name, reader.offset())(io),
-    })?;
+    // The first request asks for the header, manifest and signatures only, the next one for
+    // the chunk table the signed manifest announces; from there the install decides what to
+    // read (every frame, or some by range), so the server never sends frames a delta drops.
+    let mut reader = ResumingReader::new_planned(source, 0, Some(FIRST_REQUEST), opts.retry)
+        .map_err(read_err(&source_name, 0))?;
+    let prelude =
+        payload::read_prelude_planned(&mut reader, &keys, |r, table| r.plan_until(table.end))
+            .map_err(|e| match e {
+                ReadError::Payload(p) => InstallError::Payload(p),
+                ReadError::Io(io) => read_err(&source_name, reader.offset())(io),
+            })?;
     let m = &prelude.manifest;
     if m.compatible != release.image_id {
         return Err(InstallError::WrongCompatible {

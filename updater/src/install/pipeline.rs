@@ -9,9 +9,9 @@
 //!
 //! Frames that reference the image bytes before them (a version 2 payload with a prefix,
 //! [`ChunkDecoder::is_sequential`]) are decompressed in order by the one decoder the caller
-//! hands in, which holds that prefix, and their SHA-256 is checked on `threads` other threads
-//! (decompressing and hashing cost about the same); independent frames are decoded and checked
-//! on `threads` decoders.
+//! hands in, which holds that prefix, straight into the job's buffer
+//! ([`ChunkDecoder::decode_unchecked_append`]); their SHA-256 is checked on `threads` other
+//! threads. Independent frames are decoded and checked on `threads` decoders.
 //!
 //! Memory is bounded by the pool: [`buffer_pairs`] pairs of (frame, chunk) buffers, each at
 //! most one frame bound and one chunk, within [`BUFFER_BUDGET`] whatever the image size. A chunk
@@ -267,16 +267,16 @@ fn decompress_in_order(
     checked: SyncSender<Job>,
     msgs: SyncSender<Msg>,
 ) {
-    let mut one = Vec::new();
     for mut job in jobs {
         job.chunk.clear();
         let mut failed = None;
         for (index, entry, frame) in split(&job.frame, job.index, job.entries(entries), frame_len) {
-            if let Err(e) = decoder.decode_unchecked(index, entry, frame, &mut one) {
+            let before = job.chunk.len();
+            if let Err(e) = decoder.decode_unchecked_append(index, entry, frame, &mut job.chunk) {
+                job.chunk.truncate(before);
                 failed = Some((index, e));
                 break;
             }
-            job.chunk.extend_from_slice(&one);
         }
         if let Some((index, e)) = failed {
             // The chunks before it still need their check: they go on, then the failure.
