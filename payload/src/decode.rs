@@ -92,7 +92,7 @@ pub fn inspect_frame_header(frame: &[u8]) -> Result<FrameInfo, String> {
 /// the last `prefix_len` bytes of the image before the next chunk: every frame is decoded with
 /// them as its zstd raw-content prefix, so chunks must pass through it in image order, decoded
 /// ([`Self::decode`]) or not ([`Self::feed`]: a chunk taken from a local slot, or written by an
-/// earlier run). Memory: at most twice the prefix.
+/// earlier run). Memory: twice the prefix, or the prefix and a chunk longer than it.
 pub struct ChunkDecoder {
     dctx: zstd::bulk::Decompressor<'static>,
     prefix: Option<PrefixWindow>,
@@ -116,7 +116,7 @@ struct PrefixWindow {
 impl PrefixWindow {
     /// The buffer is this many prefixes long: the last prefix moves to the front once every
     /// `ROOM - 1` prefixes of output.
-    const ROOM: usize = 3;
+    const ROOM: usize = 2;
 
     fn new(len: usize, dctx: zstd::zstd_safe::DCtx<'static>) -> PrefixWindow {
         PrefixWindow {
