@@ -981,8 +981,12 @@ impl Read for ResumingReader {
             let read = stream.read(buf);
             self.waited += started.elapsed();
             let failure = match read {
-                // The planned end of a request: on with the next one.
-                Ok(0) if self.end.is_none() && self.stream_end == Some(self.offset) => {
+                // The planned end of a request, before the payload's: on with the next one.
+                Ok(0)
+                    if self.end.is_none()
+                        && self.stream_end == Some(self.offset)
+                        && self.source.total_len().is_none_or(|len| self.offset < len) =>
+                {
                     self.stream = None;
                     continue;
                 }
@@ -1262,6 +1266,19 @@ mod tests {
         assert_eq!(r.retries, 0, "a planned end is not a failure");
         let asked = [0..64, 64..300, 300..1000].map(|r| vec![r]);
         assert_eq!(*opens.lock().unwrap(), asked);
+    }
+
+    #[test]
+    fn a_planned_end_at_the_payloads_end_is_its_end() {
+        let opens = Arc::new(Mutex::new(Vec::new()));
+        let source = Box::new(TwoAtATime(opens.clone()));
+        let mut r =
+            ResumingReader::new_planned(source, 0, Some(1000), RetryPolicy::default()).unwrap();
+        assert_eq!(
+            read_all(&mut r, 64),
+            (0..1000).map(byte_at).collect::<Vec<u8>>()
+        );
+        assert_eq!(opens.lock().unwrap().len(), 1, "no request past the end");
     }
 
     /// A 1000-byte source that sends the whole payload whatever it is asked (a server that
