@@ -1251,15 +1251,6 @@ struct SignedPart {
     signatures: SignatureBlock,
 }
 
-/// A `?Sized` reader as a `dyn Read` (the prelude's parts read through `&mut dyn Read`).
-struct ReadRef<'a, R: std::io::Read + ?Sized>(&'a mut R);
-
-impl<R: std::io::Read + ?Sized> std::io::Read for ReadRef<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
 /// Reads the header, the raw manifest bytes and the signature block from the start of a
 /// stream. Allocations are bounded by [`Header::parse`] before they are made; the manifest is
 /// not parsed here (it is not trusted yet).
@@ -1322,12 +1313,13 @@ pub fn read_prelude_planned<R: std::io::Read + ?Sized>(
     keys: &TrustedKeys,
     plan: impl FnOnce(&mut R, std::ops::Range<u64>),
 ) -> Result<VerifiedPrelude, ReadError> {
-    let part = read_signed_part(&mut ReadRef(r))?;
+    // `&mut R` is a sized reader (std), so it passes as `&mut dyn Read`.
+    let part = read_signed_part(&mut &mut *r)?;
     let signers = verify_signatures(&part.manifest_bytes, &part.signatures, keys)?;
     let manifest = Manifest::parse(&part.manifest_bytes)?;
     let table = part.header.chunk_table_offset();
     plan(r, table..table + manifest.chunk_table_len());
-    let chunks = read_chunk_table(&mut ReadRef(r), &manifest, &part.header)?;
+    let chunks = read_chunk_table(&mut &mut *r, &manifest, &part.header)?;
     Ok(VerifiedPrelude {
         header: part.header,
         manifest,

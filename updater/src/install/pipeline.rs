@@ -279,9 +279,8 @@ fn decompress_in_order(
         job.chunk.clear();
         let mut failed = None;
         for (index, entry, frame) in split(&job.frame, job.index, job.entries(entries), frame_len) {
-            let before = job.chunk.len();
+            // On failure the job is cut back to its chunks before this one (`truncated`).
             if let Err(e) = decoder.decode_unchecked_append(index, entry, frame, &mut job.chunk) {
-                job.chunk.truncate(before);
                 failed = Some((index, e));
                 break;
             }
@@ -380,7 +379,6 @@ fn decode_chunks(
     entries: &[ChunkEntry],
     msgs: SyncSender<Msg>,
 ) {
-    let mut one = Vec::new();
     loop {
         let job = jobs.lock().expect("job queue lock").recv();
         let Ok(mut job) = job else {
@@ -388,16 +386,15 @@ fn decode_chunks(
         };
         job.chunk.clear();
         let mut failed = None;
-        let single = job.count == 1;
         for (index, entry, frame) in split(&job.frame, job.index, job.entries(entries), frame_len) {
-            // A job of one chunk (version 1: 4 MiB) decodes straight into its buffer.
-            let out = if single { &mut job.chunk } else { &mut one };
-            if let Err(e) = decoder.decode(index, entry, frame, out) {
+            // Each chunk decodes straight into the job's buffer, after the ones before it.
+            let at = job.chunk.len();
+            let decoded = decoder
+                .decode_unchecked_append(index, entry, frame, &mut job.chunk)
+                .and_then(|()| payload::check_chunk(index, entry, &job.chunk[at..]));
+            if let Err(e) = decoded {
                 failed = Some((index, e));
                 break;
-            }
-            if !single {
-                job.chunk.extend_from_slice(&one);
             }
         }
         if !report(job, failed, entries, &msgs) {
