@@ -39,6 +39,7 @@ pub mod cdc;
 mod decode;
 pub mod keys;
 pub mod patch;
+pub mod pipeline;
 #[cfg(test)]
 mod tests;
 #[cfg(feature = "writer")]

@@ -21,7 +21,7 @@
 //! decoding of one record ([`VerifiedPatch::decode`]). Every length is checked against a named
 //! maximum before anything is allocated for it. A patch is a shortcut, never a source of
 //! truth: the device hands out a patched chunk only after its SHA-256 matched the signed
-//! payload table. The writer ([`write`](self::write)) is compiled only with the `writer` feature.
+//! payload table. The writer (`write`) is compiled only with the `writer` feature.
 
 use super::{
     decode::{decompress_with_raw_prefix, inspect_frame_header},

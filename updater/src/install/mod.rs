@@ -26,7 +26,8 @@
 pub mod byteranges;
 pub mod delta;
 pub mod patch;
-pub mod pipeline;
+/// The parallel chunk pipeline lives with the payload format (shared with `image-tools`).
+pub use ab_payload::pipeline;
 pub mod resume;
 
 use crate::bootstate::{slot_name, BootState, BootStateRefusal};

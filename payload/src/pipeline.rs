@@ -18,7 +18,7 @@
 //! reaches the sink only after its SHA-256 matched; the first failure in chunk order stops
 //! everything, and every chunk before it has been handed to the sink.
 
-use crate::payload::{self, ChunkDecoder, ChunkEntry, PayloadError, ReadError};
+use crate::{self as payload, ChunkDecoder, ChunkEntry, PayloadError, ReadError};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
