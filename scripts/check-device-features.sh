@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device binary carries no publisher code: `cargo build -p updater` (any target) must not
-# enable ab-payload's `writer` feature (payload packing, signing, key generation) nor updater's
-# own `stream-writer` feature (stream encoding and signing). image-tools enables both; the
+# enable ab-payload's `writer` feature (payload packing, signing, key generation) nor
+# ab-release's `writer` feature (stream encoding and signing). image-tools enables both; the
 # updater's tests get them through dev-dependencies, which do not reach the binary.
 #
 # Reads cargo's own feature resolution (`cargo tree -e features,no-dev`, the resolution
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 # Publisher features as `package feature`; each is looked up in the inverted tree of its
 # package (`-i`), which lists every enabled feature of it, the root package's own included.
-publisher=('ab-payload writer' 'updater stream-writer')
+publisher=('ab-payload writer' 'ab-release writer')
 # The features enabled on `package` when cargo builds `root` (no dev-dependencies).
 features_of() { # root package target-args...
   local root=$1 package=$2

@@ -7,13 +7,13 @@
 //! `docs/payload-format.md`; the work is done by [`ab_payload`].
 use ab_payload::writer::{self, PackOptions};
 use ab_payload::{self as payload, TrustedKeys};
+use ab_release::osrelease::{OsRelease, MAX_OS_RELEASE_LEN};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use updater::osrelease::{OsRelease, MAX_OS_RELEASE_LEN};
 
 /// Pack a /usr image into a signed, chunked, zstd-compressed payload.
 ///

@@ -13,21 +13,21 @@
 //! `generated` to now and moves `expires` by the stream's validity period, and writes both files
 //! atomically (temporary file, fsync, rename, fsync of the directory). "Now" is `--now`, else
 //! `SOURCE_DATE_EPOCH`, else the clock, so the same edits at the same time give the same bytes.
-//! The format and the edits are [`updater::stream`]; this module does the files.
+//! The format and the edits are [`ab_release::stream`]; this module does the files.
 use crate::pack::{load_secret_key, now_or_source_date_epoch, parse_time};
 use ab_payload::{self as payload, SignatureBlock, TrustedKeys};
+use ab_release::stream::rollout::open_fraction;
+use ab_release::stream::writer::{self, payload_file_name};
+use ab_release::stream::{
+    self, check_channel, read_bounded, Release, Stream, MAX_SIGNATURE_FILE_LEN, MAX_STREAM_LEN,
+    SIGNATURE_FILE, STREAM_FILE,
+};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
-use updater::stream::rollout::open_fraction;
-use updater::stream::writer::{self, payload_file_name};
-use updater::stream::{
-    self, check_channel, read_bounded, Release, Stream, MAX_SIGNATURE_FILE_LEN, MAX_STREAM_LEN,
-    SIGNATURE_FILE, STREAM_FILE,
-};
 
 /// Name of the payload directory under the tree's root.
 pub const PAYLOAD_DIR: &str = "payloads";

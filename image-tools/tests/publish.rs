@@ -1,9 +1,9 @@
 //! Tests of `image-tools publish`: a tree built from real payloads, read back with the updater's
 //! own stream reader after every edit; refusals; determinism; the stream test vector.
+use ab_payload::{self as payload, TrustedKeys};
+use ab_release::stream::{self, Accepted, Expectations, Stream, VerifiedStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use updater::payload::{self, TrustedKeys};
-use updater::stream::{self, Accepted, Expectations, Stream, VerifiedStream};
 
 const T0: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const DAY: u64 = 86_400;

@@ -23,7 +23,7 @@
 //! The booted slot is never opened for writing: [`SlotWriter`] only covers the passive slot and
 //! refuses any range outside it; every GPT write re-reads both copies (bootctl) under the lock.
 
-pub mod byteranges;
+pub use ab_release::byteranges;
 pub mod delta;
 pub mod patch;
 /// The parallel chunk pipeline lives with the payload format (shared with `image-tools`).

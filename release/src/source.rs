@@ -19,20 +19,20 @@
 //!
 //! [`ResumingReader::seek_ranges`] reads several ranges as one stream; [`HttpSource`] asks for
 //! them in one request where the server answers multi-range requests (parsed by
-//! [`crate::install::byteranges`]), one range per request where it does not.
+//! [`crate::byteranges`]), one range per request where it does not.
 //!
 //! [`HttpSource`] remembers the `ETag` (else the `Last-Modified` date) and the length of its
 //! first response and sends it as `If-Range` when it resumes. A payload replaced on the server
 //! meanwhile (a `200` with the new validator, or a `206` whose validator or length changed) is
 //! [`SourceError::PayloadChanged`]: the bytes already read belong to the old payload, so the
 //! reader cannot go on, and the caller starts over from offset 0 after
-//! [`Source::start_over`] (the install does, see [`crate::install::install`]). Redirects are
+//! [`Source::start_over`] (the device's install does). Redirects are
 //! followed by the source itself, at most [`MAX_REDIRECTS`] in a row, and one from https to
 //! plain http is refused ([`check_redirect`]).
 //!
 //! ```
 //! use std::io::Read;
-//! use updater::source::{FileSource, ResumingReader, RetryPolicy};
+//! use ab_release::source::{FileSource, ResumingReader, RetryPolicy};
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("p");
 //! std::fs::write(&path, b"0123456789").unwrap();
@@ -42,7 +42,7 @@
 //! assert_eq!(s, "456789");
 //! ```
 
-use crate::install::byteranges::{self, ByterangesReader};
+use crate::byteranges::{self, ByterangesReader};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -213,7 +213,7 @@ pub trait Source: Send {
     fn describe(&self) -> String;
     /// Opens a stream at `offset`. Errors whose inner error is a [`SourceError::HttpStatus`]
     /// of 4xx, any other [`SourceError`] or a
-    /// [`ByterangesError`](crate::install::byteranges::ByterangesError) are permanent; others
+    /// [`ByterangesError`](crate::byteranges::ByterangesError) are permanent; others
     /// are transient.
     fn open_at(&mut self, offset: u64) -> io::Result<Stream>;
     /// Opens a stream of the bytes `offset..end` (`end` = `None`: to the end of the payload).

@@ -3,7 +3,7 @@
 //! Only what the updater needs: the `IMAGE_ID` (the compatible string) and `IMAGE_VERSION`.
 //!
 //! ```
-//! let r = updater::osrelease::OsRelease::parse("IMAGE_ID=box\nIMAGE_VERSION=\"1.2\"\n");
+//! let r = ab_release::osrelease::OsRelease::parse("IMAGE_ID=box\nIMAGE_VERSION=\"1.2\"\n");
 //! assert_eq!(r.get("IMAGE_VERSION"), Some("1.2"));
 //! ```
 

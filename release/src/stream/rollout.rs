@@ -24,8 +24,8 @@
 //! newest release that no rule skips is the target; the others that passed are superseded.
 //!
 //! ```
-//! use updater::stream::rollout::{open_fraction, Position};
-//! use updater::stream::Rollout;
+//! use ab_release::stream::rollout::{open_fraction, Position};
+//! use ab_release::stream::Rollout;
 //! let r = Rollout { start: 1000, duration: 100, start_fraction: 0.5, paused: false };
 //! assert_eq!(open_fraction(&r, 999), 0.0);
 //! assert_eq!(open_fraction(&r, 1000), 0.5);

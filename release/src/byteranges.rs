@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use std::io::Read;
-//! use updater::install::byteranges::ByterangesReader;
+//! use ab_release::byteranges::ByterangesReader;
 //! let body = "\r\n--XY\r\nContent-Range: bytes 2-3/10\r\n\r\n23\r\n--XY\r\n\
 //!             Content-Range: bytes 6-7/10\r\n\r\n67\r\n--XY--\r\n";
 //! let mut r = ByterangesReader::multipart(body.as_bytes(), "XY", &[2..4, 6..8], Some(10));

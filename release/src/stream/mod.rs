@@ -14,25 +14,25 @@
 //!   [`VerifiedStream`]; [`StreamError`] says what was wrong, with the facts.
 //! - [`rollout`] places a box in the staged rollout ([`Position`]) and chooses the release to
 //!   install ([`choose_target`]), explaining every candidate it skipped ([`Decision`]).
-//! - `writer` (cargo feature `stream-writer`, enabled by `image-tools` only) encodes, edits and signs
+//! - `writer` (cargo feature `writer`, enabled by `image-tools` only) encodes, edits and signs
 //!   streams, so the device binary carries no publisher code.
 //!
 //! ```
-//! use updater::stream::{verify, Expectations, StreamError};
-//! use updater::payload::TrustedKeys;
+//! use ab_release::stream::{verify, Expectations, StreamError};
+//! use ab_payload::TrustedKeys;
 //! let expect = Expectations { channel: "stable", last: None, now: 1_767_225_600 };
 //! let err = verify(b"{}", &[0u8; 4], &TrustedKeys::default(), &expect).unwrap_err();
 //! assert!(matches!(err, StreamError::Unsigned));
 //! ```
 
 pub mod rollout;
-#[cfg(feature = "stream-writer")]
+#[cfg(feature = "writer")]
 pub mod writer;
 
 pub use rollout::{choose_target, Candidate, Decision, Outcome, Position, Skip};
 
-use crate::payload::{self, KeyId, PayloadError, Sha256Digest, SignatureBlock, TrustedKeys};
 use crate::version::compare_versions;
+use ab_payload::{self as payload, KeyId, PayloadError, Sha256Digest, SignatureBlock, TrustedKeys};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::io::Read;
@@ -562,7 +562,7 @@ pub fn verify(
 /// above the URL's root).
 ///
 /// ```
-/// use updater::stream::resolve_location;
+/// use ab_release::stream::resolve_location;
 /// assert_eq!(
 ///     resolve_location("https://cdn.example/os/stable/stream.json", "../payloads/p1"),
 ///     "https://cdn.example/os/payloads/p1"

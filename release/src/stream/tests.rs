@@ -9,13 +9,14 @@ use sha2::Digest;
 use std::path::PathBuf;
 
 fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    // The test vectors live with the payload vectors they list.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../updater/testdata")
 }
 
 /// The test signing key (RFC 8032 §7.1 test 1; its secret is public, tests only).
 fn test_key() -> SigningKey {
     let seed = std::fs::read_to_string(testdata().join("vector.key")).unwrap();
-    super::super::payload::writer::parse_secret_key(&seed).unwrap()
+    ab_payload::writer::parse_secret_key(&seed).unwrap()
 }
 
 /// A key nobody trusts.
@@ -89,9 +90,9 @@ fn vector() -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn vector_payload() -> crate::payload::VerifiedPrelude {
+fn vector_payload() -> ab_payload::VerifiedPrelude {
     let bytes = std::fs::read(testdata().join("vector.payload")).unwrap();
-    crate::payload::verify_stream(&mut &bytes[..], &trusted()).unwrap()
+    ab_payload::verify_stream(&mut &bytes[..], &trusted()).unwrap()
 }
 
 #[test]

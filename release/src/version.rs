@@ -5,11 +5,11 @@
 //! runs compare numerically (leading zeros ignored) and sort after letters; letter runs compare
 //! bytewise. Characters outside `[A-Za-z0-9~^.-]` are skipped where a segment starts (not right
 //! after `~` or a separator, as systemd does: `1-_1 < 1-1`). Equal versions are one version to
-//! [`crate::history::FailedVersions`]: `2.0` and `2.00` fail together.
+//! the device's record of failed versions: `2.0` and `2.00` fail together.
 //!
 //! ```
 //! use std::cmp::Ordering;
-//! use updater::version::compare_versions;
+//! use ab_release::version::compare_versions;
 //! assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
 //! assert_eq!(compare_versions("1~rc1", "1"), Ordering::Less);
 //! ```

@@ -1,6 +1,6 @@
 //! Writing streams: the edits a publisher makes, the deterministic encoding, and signing.
 //!
-//! Compiled only with the `stream-writer` feature (enabled by `image-tools` and the tests), so the
+//! Compiled only with the `writer` feature (enabled by `image-tools` and the tests), so the
 //! device binary carries no publisher code. Every edit goes through [`Stream::republish`], which
 //! bumps the serial, sets `generated` to the edit's time and moves `expires` forward by the
 //! stream's validity period; [`encode`] validates with the reader's own rules before writing, so
@@ -9,8 +9,8 @@
 //! deterministic, so the same edits at the same time give the same bytes.
 
 use super::{check_channel, Release, Rollout, Stream, StreamError, STREAM_FORMAT_VERSION};
-use crate::payload::{KeyId, Sha256Digest, Signature, SignatureBlock, MAX_SIGNATURES};
 use crate::version::compare_versions;
+use ab_payload::{KeyId, Sha256Digest, Signature, SignatureBlock, MAX_SIGNATURES};
 use ed25519_dalek::{Signer, SigningKey};
 use std::cmp::Ordering;
 
