@@ -3,7 +3,7 @@
 //!
 //! From a signed payload (`--payload FILE|URL`) or the newest release of a signed stream
 //! (`--stream URL`), verified completely against the trusted keys first (the same code as the
-//! node, [`updater::netboot::fetch_into`]), it writes into the output directory:
+//! node, [`ab_release::netboot::fetch_into`]), it writes into the output directory:
 //!
 //! - `vmlinuz`: the image's `boot/vmlinuz`;
 //! - `initramfs.img`: the image's `boot/initramfs.img` followed by a second `newc` archive (the
@@ -28,6 +28,10 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 use crate::cpio::CpioWriter;
+use ab_payload::{KeyId, Sha256Digest, TrustedKeys};
+use ab_release::netboot::{self, Expect, NetbootOptions};
+use ab_release::source::{FileSource, HttpSource, Source};
+use ab_release::stream::{self, Position};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Serialize;
@@ -35,10 +39,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use updater::netboot::{self, Expect, NetbootOptions};
-use updater::payload::{KeyId, Sha256Digest, TrustedKeys};
-use updater::source::{FileSource, HttpSource, Source};
-use updater::stream::Position;
 
 /// The `/init` of the netboot initramfs.
 pub const NETBOOT_INIT: &str = include_str!("pxe/netboot-init.sh");
@@ -146,14 +146,14 @@ pub fn write_artifacts(spec: &PxeSpec) -> anyhow::Result<PxeReport> {
         min_version: None,
     });
     opts.attempts = 3;
-    let (record, fetch_url) = match &spec.source {
+    let (verified, fetch_url) = match &spec.source {
         PxeSource::Payload(p) => {
             let source: Box<dyn Source> = if p.starts_with("http://") || p.starts_with("https://") {
                 Box::new(HttpSource::new(p, opts.connect_timeout, opts.read_timeout))
             } else {
                 Box::new(FileSource::open(Path::new(p)).with_context(|| format!("opening {p}"))?)
             };
-            let record = netboot::fetch_into(source, keys, &opts, None, &image)
+            let verified = netboot::fetch_into(source, keys, &opts, None, &image)
                 .map_err(|e| anyhow::anyhow!(netboot::one_line(&e)))
                 .with_context(|| format!("verifying payload {p}"))?;
             let url = spec
@@ -162,27 +162,28 @@ pub fn write_artifacts(spec: &PxeSpec) -> anyhow::Result<PxeReport> {
                 .or_else(|| netboot::check_url(p).ok().map(|()| p.clone()))
                 .context("--url is required: the payload URL the nodes fetch")?;
             netboot::check_url(&url).map_err(anyhow::Error::msg)?;
-            (record, format!("updater.url={url}"))
+            (verified, format!("updater.url={url}"))
         }
         PxeSource::Stream { url, channel } => {
             netboot::check_url(url).map_err(anyhow::Error::msg)?;
             let position = Position::from_wariness(0.0).expect("0 is a valid wariness");
             let release = netboot::choose_release(url, channel, position, keys, &opts)
                 .map_err(|e| anyhow::anyhow!(netboot::one_line(&e)))?;
-            let location = updater::stream::resolve_location(url, &release.location);
+            let location = stream::resolve_location(url, &release.location);
             let source = HttpSource::new(&location, opts.connect_timeout, opts.read_timeout);
-            let record = netboot::fetch_into(Box::new(source), keys, &opts, Some(&release), &image)
-                .map_err(|e| anyhow::anyhow!(netboot::one_line(&e)))
-                .with_context(|| format!("verifying payload {location}"))?;
+            let verified =
+                netboot::fetch_into(Box::new(source), keys, &opts, Some(&release), &image)
+                    .map_err(|e| anyhow::anyhow!(netboot::one_line(&e)))
+                    .with_context(|| format!("verifying payload {location}"))?;
             (
-                record,
+                verified,
                 format!("updater.stream={url} updater.channel={channel}"),
             )
         }
     };
     let min_version = match (&spec.min_version, &spec.source) {
         (Some(v), _) => Some(v.clone()),
-        (None, PxeSource::Payload(_)) => Some(record.version.clone()),
+        (None, PxeSource::Payload(_)) => Some(verified.version.clone()),
         (None, PxeSource::Stream { .. }) => None,
     };
     let fs_kind = ImageFs::detect(&image)?;
@@ -209,7 +210,7 @@ pub fn write_artifacts(spec: &PxeSpec) -> anyhow::Result<PxeReport> {
     let mut appended = CpioWriter::new(Vec::new());
     let env = format!(
         "NETBOOT_IMAGE_ID={}\nNETBOOT_MIN_VERSION={}\nNETBOOT_INIT={}\n",
-        shell_word(&record.compatible)?,
+        shell_word(&verified.compatible)?,
         shell_word(min_version.as_deref().unwrap_or(""))?,
         shell_word(&spec.init)?
     );
@@ -274,12 +275,12 @@ pub fn write_artifacts(spec: &PxeSpec) -> anyhow::Result<PxeReport> {
         files.push((name.to_string(), Sha256Digest::of(&bytes).to_string()));
     }
     let report = PxeReport {
-        image_id: record.compatible,
-        version: record.version,
+        image_id: verified.compatible,
+        version: verified.version,
         kernel_args,
         modules: modules.into_iter().map(|(n, _)| n).collect(),
         files,
-        image_size: record.image_size,
+        image_size: verified.image_size,
     };
     write_file(
         &out("pxe.json"),

@@ -1,11 +1,12 @@
 //! What the publisher and the device share beyond the payload format: where bytes come from,
-//! the signed release stream, version ordering and os-release.
+//! the signed release stream, version ordering, and the verified fetch of a payload into a file.
 //!
 //! This crate is shared by the device (`updater`, which re-exports each module under its old
 //! path, `updater::source` and so on) and the publisher (`image-tools`, which publishes streams
-//! with the `writer` feature). Neither side's own code lives here: no slots, installs, health
-//! checks or agent (the device's), no packing, signing keys or disk images (the publisher's).
-//! The payload format itself is the `ab-payload` crate.
+//! with the `writer` feature and checks netboot artifacts with the node's own fetch). Neither
+//! side's own code lives here: no slots, installs, health checks or agent (the device's), no
+//! packing, signing keys or disk images (the publisher's). The payload format itself is the
+//! `ab-payload` crate.
 //!
 //! Brief overview:
 //!
@@ -18,6 +19,8 @@
 //!   enables, so the device binary carries no publisher code.
 //! - [`version`]: UAPI version ordering ([`version::compare_versions`]); [`osrelease`]: the
 //!   `IMAGE_ID` and `IMAGE_VERSION` of an `os-release` file.
+//! - [`netboot`]: [`netboot::fetch_into`], a signed payload verified chunk by chunk into a file,
+//!   the same code on a RAM-booted node and in `image-tools pxe`.
 //!
 //! ```
 //! use ab_release::stream::Position;
@@ -29,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod byteranges;
+pub mod netboot;
 pub mod osrelease;
 pub mod source;
 pub mod stream;

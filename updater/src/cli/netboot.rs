@@ -105,7 +105,7 @@ impl NetbootCmd {
         })?;
         let mut record = got.record;
         record.peak_rss_kib = netboot::peak_rss_kib();
-        record.image = self.output.clone();
+        record.verified.image = self.output.clone();
         record.store(&self.new_root.join(RECORD_PATH))?;
         if d.json {
             println!("{}", serde_json::to_string(&record)?);
@@ -113,11 +113,11 @@ impl NetbootCmd {
             println!(
                 "verified {} {} from {} ({} bytes, signed by {}, {} attempt(s)); \
                  peak memory {} KiB",
-                record.compatible,
-                record.version,
-                record.url,
-                record.image_size,
-                record.signed_by,
+                record.verified.compatible,
+                record.verified.version,
+                record.verified.url,
+                record.verified.image_size,
+                record.verified.signed_by,
                 got.attempts,
                 record.peak_rss_kib.unwrap_or(0)
             );
@@ -169,11 +169,11 @@ pub fn ram_status(d: &GlobalArgs) -> anyhow::Result<Option<ExitCode>> {
         println!("{}", record.status_line());
         println!(
             "image: {} ({} bytes, sha256 {}), payload {} signed by {}",
-            record.image.display(),
-            record.image_size,
-            record.image_sha256,
-            record.payload_id,
-            record.signed_by
+            record.verified.image.display(),
+            record.verified.image_size,
+            record.verified.image_sha256,
+            record.verified.payload_id,
+            record.verified.signed_by
         );
     }
     Ok(Some(ExitCode::SUCCESS))

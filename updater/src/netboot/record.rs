@@ -15,6 +15,7 @@
 //! assert_eq!(RECORD_PATH, "run/updater/netboot.json");
 //! ```
 
+use super::VerifiedImage;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -36,30 +37,14 @@ pub struct NetbootRecord {
     pub format_version: u32,
     /// [`MODE_PAYLOAD`] or [`MODE_STREAM`].
     pub mode: String,
-    /// The payload URL fetched.
-    pub url: String,
     /// The release stream, in stream mode.
     #[serde(default)]
     pub stream_url: Option<String>,
-    /// The payload's `compatible`.
-    pub compatible: String,
-    /// The payload's version.
-    pub version: String,
-    /// SHA-256 of the signed manifest.
-    pub payload_id: String,
-    /// The key that signed it.
-    pub signed_by: String,
-    /// Image size in bytes.
-    pub image_size: u64,
-    /// SHA-256 of the image.
-    pub image_sha256: String,
-    /// The image file in RAM.
-    pub image: PathBuf,
-    /// When it was fetched, Unix seconds.
-    pub fetched_at: u64,
-    /// Transient read failures retried within the successful attempt.
-    #[serde(default)]
-    pub retries: u32,
+    /// What the fetch verified: `url`, `compatible`, `version`, `payload_id`, `signed_by`,
+    /// `image_size`, `image_sha256`, `image`, `fetched_at` and `retries`, at the top level of
+    /// the JSON object like the fields above.
+    #[serde(flatten)]
+    pub verified: VerifiedImage,
     /// Peak resident memory of the fetch, KiB.
     #[serde(default)]
     pub peak_rss_kib: Option<u64>,
@@ -92,6 +77,17 @@ pub enum RecordError {
 }
 
 impl NetbootRecord {
+    /// The record of a boot in `mode` from `verified` (peak memory not yet measured).
+    pub fn new(mode: &str, stream_url: Option<String>, verified: VerifiedImage) -> NetbootRecord {
+        NetbootRecord {
+            format_version: RECORD_FORMAT_VERSION,
+            mode: mode.to_owned(),
+            stream_url,
+            verified,
+            peak_rss_kib: None,
+        }
+    }
+
     /// Reads `ROOT/run/updater/netboot.json`; `None` when the node is not RAM-booted.
     pub fn load(root: &Path) -> Result<Option<NetbootRecord>, RecordError> {
         let path = root.join(RECORD_PATH);
@@ -136,7 +132,7 @@ impl NetbootRecord {
             .map_or(String::new(), |s| format!(" (release stream {s})"));
         format!(
             "RAM-booted from {}, version {}{via}",
-            self.url, self.version
+            self.verified.url, self.verified.version
         )
     }
 }

@@ -5,16 +5,17 @@
 
 use super::*;
 use crate::payload::writer::{PackOptions, PayloadParts};
-use crate::payload::KeyId;
+use crate::payload::{self, KeyId, PayloadError, Sha256Digest};
 use crate::source::FileSource;
 use crate::stream::writer::{encode, sign};
-use crate::stream::Stream;
+use crate::stream::{Release, Stream, StreamError};
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 const NOW: u64 = 1_767_225_600;
 
@@ -76,7 +77,7 @@ fn options() -> NetbootOptions {
 }
 
 /// Fetches `bytes` (as a file source) into `dir/usr.img`.
-fn fetch_file(dir: &Path, bytes: &[u8]) -> Result<NetbootRecord, NetbootError> {
+fn fetch_file(dir: &Path, bytes: &[u8]) -> Result<VerifiedImage, NetbootError> {
     let p = dir.join("payload");
     std::fs::write(&p, bytes).unwrap();
     let source = FileSource::open(&p).unwrap();
@@ -99,14 +100,14 @@ fn assert_nothing_left(dir: &Path) {
 fn good_payload_verifies_into_the_output_file() {
     let dir = tempfile::tempdir().unwrap();
     let (img, bytes) = payload("ramos", "2.0", &test_key());
-    let record = fetch_file(dir.path(), &bytes).unwrap();
+    let verified = fetch_file(dir.path(), &bytes).unwrap();
     assert_eq!(std::fs::read(dir.path().join("usr.img")).unwrap(), img);
     assert!(!partial_path(&dir.path().join("usr.img")).exists());
-    assert_eq!(record.version, "2.0");
-    assert_eq!(record.compatible, "ramos");
-    assert_eq!(record.image_size, img.len() as u64);
+    assert_eq!(verified.version, "2.0");
+    assert_eq!(verified.compatible, "ramos");
+    assert_eq!(verified.image_size, img.len() as u64);
     assert_eq!(
-        record.signed_by,
+        verified.signed_by,
         KeyId::of(&test_key().verifying_key()).to_string()
     );
 }
@@ -343,8 +344,11 @@ fn stream_mode_boots_the_newest_release_the_rollout_allows() {
             &out,
         )
         .unwrap();
-        assert_eq!(got.record.version, version, "wariness {wariness}");
-        assert_eq!(got.record.url, format!("{base}/payloads/{version}"));
+        assert_eq!(got.record.verified.version, version, "wariness {wariness}");
+        assert_eq!(
+            got.record.verified.url,
+            format!("{base}/payloads/{version}")
+        );
         assert_eq!(got.record.mode, record::MODE_STREAM);
         assert_eq!(
             got.record.stream_url.as_deref(),
@@ -428,9 +432,12 @@ fn machine_id_comes_from_the_lowest_real_mac() {
 fn record_round_trips_and_says_ram_booted() {
     let dir = tempfile::tempdir().unwrap();
     let (_, bytes) = payload("ramos", "2.0", &test_key());
-    let mut rec = fetch_file(dir.path(), &bytes).unwrap();
-    rec.mode = record::MODE_PAYLOAD.into();
-    rec.url = "http://boot/usr.payload".into();
+    let mut rec = NetbootRecord::new(
+        record::MODE_PAYLOAD,
+        None,
+        fetch_file(dir.path(), &bytes).unwrap(),
+    );
+    rec.verified.url = "http://boot/usr.payload".into();
     rec.store(&dir.path().join(record::RECORD_PATH)).unwrap();
     let back = NetbootRecord::load(dir.path()).unwrap().unwrap();
     assert_eq!(back, rec);
