@@ -76,7 +76,9 @@ pub struct Expect {
 pub struct NetbootOptions {
     /// The node's expectations.
     pub expect: Expect,
-    /// Whole-fetch attempts before giving up (1..=[`MAX_ATTEMPTS`]).
+    /// Whole-fetch attempts before giving up (1..=[`MAX_ATTEMPTS`]), for a caller that retries
+    /// [`NetbootError::is_transient`] failures (the node's `updater::netboot::run`); one call of
+    /// [`fetch_into`] is one attempt.
     pub attempts: u32,
     /// Waits between whole-fetch attempts (`initial_delay`, `max_delay`), and the resuming
     /// reader's own retries within one attempt (`attempts`, `deadline`, throughput).
@@ -273,6 +275,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
 /// An error and its causes on one line.
 pub fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
