@@ -18,7 +18,8 @@
 #   peers:    when installed, casync (default chunks, and 16 KiB chunks: the bytes of the chunk
 #             files of v2's store missing from v1's store) and zchunk (`zck_delta_size`).
 # Each install is run $BENCH_RUNS times (default 2) on a freshly written disk; the best time
-# and the largest RSS are printed.
+# and the largest RSS are printed. The two full installs run in turns, and the median of each
+# is printed too, with their ratio.
 #
 # Usage: scripts/bench-delta.sh
 # Optional: BENCH_IMAGES (directory holding v1.img and v2.img; default /var/tmp/usr-images,
@@ -160,26 +161,52 @@ print(f"{secs:.3f} {rss} {fetched} {report.get('bytes_reused', 0)} {sent}")
 PY
 }
 
-best() { # NAME IMAGE|- URL -> sets BEST_<NAME>="secs rss fetched reused nginx"
-  local name=$1 img=$2 url=$3 line best_s="" rss=0 rest=""
+# Keeps the best of the runs of NAME: BEST_<NAME>="secs rss fetched reused nginx", with the
+# largest RSS of all its runs and the rest from its fastest run; SECS_<NAME> lists every time.
+record() { # NAME RUN LINE
+  local name=$1 run=$2 line=$3 s k f r n best bs bk secs=SECS_$1
+  echo "  $name run $run: $line (s, KiB, fetched, reused, nginx bytes)"
+  read -r s k f r n <<<"$line"
+  best=BEST_$name
+  printf -v "$secs" '%s' "${!secs:-} $s"
+  if [ -z "${!best:-}" ]; then
+    printf -v "$best" '%s' "$line"
+    return
+  fi
+  read -r bs bk _ <<<"${!best}"
+  [ "$bk" -gt "$k" ] && k=$bk
+  if python3 -c "import sys; sys.exit(not $s < $bs)"; then
+    printf -v "$best" '%s' "$s $k $f $r $n"
+  else
+    read -r _ _ f r n <<<"${!best}"
+    printf -v "$best" '%s' "$bs $k $f $r $n"
+  fi
+}
+
+best() { # NAME IMAGE|- URL -> sets BEST_<NAME>
+  local name=$1 img=$2 url=$3
   for run in $(seq "$RUNS"); do
     fresh_disk "$img"
-    line=$(install_once "$url")
-    echo "  $name run $run: $line (s, KiB, fetched, reused, nginx bytes)"
-    read -r s k f r n <<<"$line"
-    [ "$k" -gt "$rss" ] && rss=$k
-    if [ -z "$best_s" ] || python3 -c "import sys; sys.exit(not $s < $best_s)"; then
-      best_s=$s
-      rest="$f $r $n"
-    fi
+    record "$name" "$run" "$(install_once "$url")"
   done
-  printf -v "BEST_$name" '%s' "$best_s $rss $rest"
+}
+
+# Two installs run in turns (A B, then B A, ...): the machine's speed drifts by 10-30 % from
+# minute to minute, and a comparison of runs made minutes apart measures that drift.
+alternate() { # NAME_A URL_A NAME_B URL_B (empty booted slot)
+  local run
+  for run in $(seq "$RUNS"); do
+    fresh_disk -
+    record "$1" "$run" "$(install_once "$2")"
+    fresh_disk -
+    record "$3" "$run" "$(install_once "$4")"
+    set -- "$3" "$4" "$1" "$2"
+  done
 }
 
 echo "== installs (best of $RUNS, each on a freshly written disk)"
 best delta "$V1" "http://127.0.0.1:$PORT/v2.payload"
-best full2 - "http://127.0.0.1:$PORT/v2.payload"
-best full1 - "http://127.0.0.1:$PORT/v2-format1.payload"
+alternate full2 "http://127.0.0.1:$PORT/v2.payload" full1 "http://127.0.0.1:$PORT/v2-format1.payload"
 best patch "$V1" "http://127.0.0.1:$PORT/v2-patched.payload" # the patch block
 
 CASYNC=""; CASYNC16=""; ZCK=""
@@ -232,6 +259,10 @@ print(f"{'delta install time (whole install)':44} {ds:>12.2f} s  <= 5 s")
 print(f"{'delta install peak RSS':44} {dk / 1024:>10.1f} MiB  <= 32 MiB")
 print(f"{'full install, format 2':44} {v2 / mib / f2s:>8.0f} MiB/s  >= format 1")
 print(f"{'full install, format 1 (today)':44} {v2 / mib / f1s:>8.0f} MiB/s")
+# The runs were made in turns: the median of the two formats' times, and their ratio.
+med = lambda xs: sorted(xs)[len(xs) // 2]
+t2, t1 = [float(x) for x in "$SECS_full2".split()], [float(x) for x in "$SECS_full1".split()]
+print(f"{'  format 2 / format 1, median of the runs':44} {med(t1) / med(t2):>14.2f}  >= 1  ({v2 / mib / med(t2):.0f} / {v2 / mib / med(t1):.0f} MiB/s)")
 print(f"{'full install peak RSS, format 2':44} {f2k / 1024:>10.1f} MiB  <= 16 MiB")
 print(f"{'full install peak RSS, format 1':44} {f1k / 1024:>10.1f} MiB")
 print(f"{'pack time, format 2 / format 1':44} {'$PACK2_S s / $PACK1_S s':>14}")

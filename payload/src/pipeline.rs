@@ -46,8 +46,11 @@ pub fn buffer_pairs(chunk_size: u32, threads: usize) -> usize {
 /// Read buffer of the frame reader (a larger frame is read past it, straight into its buffer).
 const FRAME_READ_BUFFER: usize = 256 << 10;
 
-/// Receives each verified chunk in order: its index, table entry and bytes.
-pub type ChunkSink<'a, E> = dyn FnMut(u32, &ChunkEntry, &[u8]) -> Result<(), E> + 'a;
+/// Receives the verified chunks in order, a run of consecutive ones at a time: the index of
+/// the first, their table entries, and their bytes one after the other (the decoder's buffer
+/// itself: a writer can put a run of small chunks on the disk in one write, without gathering
+/// them first).
+pub type ChunkSink<'a, E> = dyn FnMut(u32, &[ChunkEntry], &[u8]) -> Result<(), E> + 'a;
 
 /// Why the pipeline stopped.
 #[derive(Debug)]
@@ -141,8 +144,8 @@ fn from_read(e: ReadError, offset: u64) -> PipelineErrorNoSink {
 }
 
 /// Streams chunks `start..` of `entries` from `reader` (positioned at chunk `start`'s frame),
-/// checks the stream ends after the last frame, and calls `sink(index, entry, bytes)` for each
-/// verified chunk in order. `decoder` is made for the payload's manifest
+/// checks the stream ends after the last frame, and calls `sink(first, entries, bytes)` for
+/// each run of verified chunks in order. `decoder` is made for the payload's manifest
 /// ([`ChunkDecoder::for_manifest`]) and, for sequential frames, has been fed the image bytes
 /// before chunk `start`.
 pub fn run<E: Send>(
@@ -329,7 +332,6 @@ fn read_frames(
     jobs: SyncSender<Job>,
     msgs: SyncSender<Msg>,
 ) {
-    let mut one = Vec::new();
     let mut next = start as usize;
     while next < entries.len() {
         let Ok((mut frame, chunk)) = pool.recv() else {
@@ -349,15 +351,21 @@ fn read_frames(
                 break;
             }
             let index = next as u32;
-            if let Err(e) = payload::read_frame(reader, index, entry, &mut one) {
+            // Straight into the job's buffer, after the frames before it (the table bounds
+            // every frame length).
+            let at = job.frame.len();
+            job.frame.resize(at + entry.frame_len as usize, 0);
+            let read =
+                payload::read_region(reader, &mut job.frame[at..], "frame", entry.payload_offset);
+            if let Err(e) = read {
                 // The frames read so far go on as a job; the failure follows in order.
+                job.frame.truncate(at);
                 if job.count > 0 && jobs.send(job).is_err() {
                     return;
                 }
                 let _ = msgs.send(Msg::Failed(index, from_read(e, entry.payload_offset)));
                 return;
             }
-            job.frame.extend_from_slice(&one);
             job.count += 1;
             image_bytes += len;
             next += 1;
@@ -432,11 +440,7 @@ fn write_in_order<E>(
         };
         match msg {
             Msg::Chunk(job) => {
-                for (index, entry, bytes) in
-                    split(&job.chunk, job.index, job.entries(entries), image_len)
-                {
-                    sink(index, entry, bytes).map_err(PipelineError::Sink)?;
-                }
+                sink(job.index, job.entries(entries), &job.chunk).map_err(PipelineError::Sink)?;
                 next += job.count;
                 let _ = pool.send((job.frame, job.chunk));
             }

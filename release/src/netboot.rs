@@ -481,15 +481,17 @@ fn fetch_partial(
         .map_err(|e| ram_err("creating", e))?;
     let mut image = Sha256::new();
     let mut next_offset = 0u64;
-    let mut sink = |_i: u32, e: &payload::ChunkEntry, data: &[u8]| -> Result<(), NetbootError> {
-        // Chunks arrive in order and the signed table tiles the image: hash as they come.
-        debug_assert_eq!(e.image_offset, next_offset);
-        file.write_all_at(data, e.image_offset)
-            .map_err(|source| ram_err("writing", source))?;
-        image.update(data);
-        next_offset = e.image_offset + data.len() as u64;
-        Ok(())
-    };
+    let mut sink =
+        |_first: u32, run: &[payload::ChunkEntry], data: &[u8]| -> Result<(), NetbootError> {
+            // Chunks arrive in order and the signed table tiles the image: hash as they come.
+            let at = run.first().map_or(next_offset, |e| e.image_offset);
+            debug_assert_eq!(at, next_offset);
+            file.write_all_at(data, at)
+                .map_err(|source| ram_err("writing", source))?;
+            image.update(data);
+            next_offset = at + data.len() as u64;
+            Ok(())
+        };
     pipeline::run(
         &mut reader,
         &prelude.chunks.entries,
