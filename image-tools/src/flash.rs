@@ -42,6 +42,7 @@ use crate::disk::{self, GrubFiles, Region, RegionSource, SystemRegions};
 use ab_payload::{
     self as payload, ChunkDecoder, ReadError, Sha256Digest, TrustedKeys, VerifiedPrelude,
 };
+use ab_release::netboot::one_line;
 use anyhow::Context;
 use bootctl::gpt::{self, Gpt};
 use bootctl::layout::{self, LayoutSizes};
@@ -503,18 +504,6 @@ enum Item {
     End,
     /// The payload failed; nothing more comes.
     Failed(Arc<String>),
-}
-
-/// One line for an error and its sources.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Decodes each slot's payload once and sends every verified chunk to every device still
