@@ -1397,11 +1397,9 @@ mod tests {
         assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
     }
 
-    /// Issue 14 defect 12: a slot at an offset that is a multiple of 512 but not of 4096 is
-    /// read back around the page cache too. (The test file lives on the build's filesystem,
-    /// which takes `O_DIRECT`; tmpfs does not.)
-    #[test]
-    fn read_back_bypasses_the_page_cache_for_a_slot_not_on_a_4k_boundary() {
+    /// A zeroed disk file of `len` bytes on the build's filesystem (in a directory removed
+    /// with the returned guard): unlike tmpfs it takes `O_DIRECT` and drops clean pages.
+    fn disk_on_build_fs(len: u64) -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("disk.img");
         let f = File::options()
@@ -1411,7 +1409,16 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
-        f.set_len(256 << 10).unwrap();
+        f.set_len(len).unwrap();
+        (dir, path, f)
+    }
+
+    /// Issue 14 defect 12: a slot at an offset that is a multiple of 512 but not of 4096 is
+    /// read back around the page cache too. (The test file lives on the build's filesystem,
+    /// which takes `O_DIRECT`; tmpfs does not.)
+    #[test]
+    fn read_back_bypasses_the_page_cache_for_a_slot_not_on_a_4k_boundary() {
+        let (_dir, path, f) = disk_on_build_fs(256 << 10);
         let slot = Slot {
             first_lba: 17,
             last_lba: 17 + 256 - 1,
@@ -1481,16 +1488,7 @@ mod tests {
     /// it) stay cached; an advice of length 0 once meant "to the end of the file".
     #[test]
     fn synced_slot_bytes_leave_the_page_cache_and_bytes_after_the_slot_stay() {
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("disk.img");
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(4 << 20).unwrap();
+        let (_dir, path, f) = disk_on_build_fs(4 << 20);
         let after = (3 << 20)..(4 << 20);
         f.write_all_at(&vec![5u8; 1 << 20], after.start).unwrap();
         f.sync_data().unwrap();
