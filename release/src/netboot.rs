@@ -23,7 +23,7 @@
 //! starts from nothing). [`NetbootError::is_transient`] tells a server that failed (worth
 //! another attempt) from a payload that was refused.
 //!
-//! This module refuses everything about the booted system: the retries of a whole fetch, the
+//! This module leaves out everything about the booted system: the retries of a whole fetch, the
 //! record of what was booted and the node's identity stay in the device crate
 //! (`updater::netboot`).
 //!
