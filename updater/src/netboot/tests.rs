@@ -446,3 +446,46 @@ fn record_round_trips_and_says_ram_booted() {
         "RAM-booted from http://boot/usr.payload, version 2.0"
     );
 }
+
+/// The record's format did not change when the verified fetch moved into `ab-release`: one
+/// flat JSON object with the documented field names (`record` module doc).
+#[test]
+fn record_is_one_flat_object_with_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, bytes) = payload("ramos", "2.0", &test_key());
+    let mut rec = NetbootRecord::new(
+        record::MODE_STREAM,
+        Some("http://boot/stream.json".into()),
+        fetch_file(dir.path(), &bytes).unwrap(),
+    );
+    rec.peak_rss_kib = Some(1024);
+    let json: serde_json::Value = serde_json::to_value(&rec).unwrap();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "compatible",
+            "fetched_at",
+            "format_version",
+            "image",
+            "image_sha256",
+            "image_size",
+            "mode",
+            "payload_id",
+            "peak_rss_kib",
+            "retries",
+            "signed_by",
+            "stream_url",
+            "url",
+            "version",
+        ]
+    );
+    assert_eq!(json["version"], "2.0");
+    assert_eq!(json["mode"], "stream");
+}
