@@ -16,18 +16,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES=${BENCH_IMAGES:-/var/tmp/usr-images}
+# shellcheck source=scripts/bench-images.sh
+. scripts/bench-images.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/bench-bound.XXXXXX)}
 mkdir -p "$WORK"
 cleanup() { [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
-for f in v1.img v2.img; do
-  if [ ! -f "$IMAGES/$f" ]; then
-    echo "$IMAGES/$f missing: run ../shared/bench/make-images.sh $IMAGES first" >&2
-    exit 1
-  fi
-done
 
 echo "== building image-tools"
 cargo build -q --release -p image-tools
@@ -41,7 +36,7 @@ for v in 1 2; do
 done
 
 echo "== splitting v2.img into the chunks v1 has and the ones it lacks"
-python3 - "$TOOLS" "$WORK" "$IMAGES/v2.img" <<'PY'
+python3 - "$TOOLS" "$WORK" "$V2" <<'PY'
 import json, struct, subprocess, sys
 tools, work, v2_img = sys.argv[1:]
 
@@ -79,7 +74,7 @@ PY
 
 echo "== zstd -19 --long=27"
 size() { zstd -19 --long=27 -T0 -q -c "$1" | wc -c; }
-FULL=$(size "$IMAGES/v2.img")
+FULL=$(size "$V2")
 REST=$(size "$WORK/v2-minus.img")
 ALONE=$(size "$WORK/missing.bin")
 python3 - <<PY

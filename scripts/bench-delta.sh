@@ -29,7 +29,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES=${BENCH_IMAGES:-/var/tmp/usr-images}
 LEVEL=${BENCH_LEVEL:-3}
 PREFIX=${BENCH_PREFIX:-1048576}
 RUNS=${BENCH_RUNS:-2}
@@ -43,14 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for f in v1.img v2.img; do
-  if [ ! -f "$IMAGES/$f" ]; then
-    echo "$IMAGES/$f missing: run ../shared/bench/make-images.sh $IMAGES first" >&2
-    exit 1
-  fi
-done
-V1=$IMAGES/v1.img
-V2=$IMAGES/v2.img
+# shellcheck source=scripts/bench-images.sh
+. scripts/bench-images.sh
 
 echo "== building the static updater (musl) and image-tools"
 cargo build -q --release -p updater --target x86_64-unknown-linux-musl
